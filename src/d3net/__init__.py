@@ -1,0 +1,1 @@
+"""D3Net in PyTorch."""

@@ -1,0 +1,384 @@
+"""Model configurations as dataclasses: presets, YAML in/out, and the official YAML format.
+
+Two families:
+
+* :class:`SegConfig` -- D3Net segmentation backbone + head (D3Net-S, D3Net-L).
+* :class:`MSSConfig` -- the multi-band multi-scale music separation network of one target.
+
+Our YAML format is ``dataclasses.asdict`` of a config plus a ``task`` key. The official
+format (Sony's ``configs/*.yaml``) is recognised by its keys and translated; see
+:func:`from_official`. Presets are returned by :func:`preset`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import yaml
+
+from .errors import D3NetError
+from .nn import DILATION_MODES
+
+TARGETS = ("vocals", "drums", "bass", "other")
+CITYSCAPES_MEAN = (123.675, 116.28, 103.53)
+CITYSCAPES_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass
+class SegConfig:
+    """D3Net segmentation model. Lists have one entry per scale (output strides 4..32).
+
+    ``num_layers`` = layers per D2 block and ``num_blocks`` = D2 blocks per D3 block (the
+    official ``num_layers`` / ``n_blocks``; the paper's "(M, L)" tuple for Cityscapes lists
+    them in this order although its Sec. 5 defines M as blocks and L as layers).
+    """
+
+    name: str = "d3net-s"
+    num_init_features: int = 64
+    num_layers: Tuple[int, ...] = (4, 4, 4, 4)
+    num_blocks: Tuple[int, ...] = (8, 8, 8, 8)
+    growth_rate: Tuple[int, ...] = (36, 36, 36, 36)
+    compression: Tuple[float, ...] = (0.2, 0.2, 0.2, 0.2)
+    out_layers: Tuple[int, ...] = (4, 4, 4, 4)
+    feature_channels: Tuple[int, ...] = (32, 40, 64, 128)
+    transition_factor: int = 2
+    dilation: str = "multi"
+    head: str = "fcn"
+    head_channels: int = 264
+    num_classes: int = 19
+    ocr_mid_channels: int = 512
+    ocr_key_channels: int = 256
+    mean: Tuple[float, ...] = CITYSCAPES_MEAN
+    std: Tuple[float, ...] = CITYSCAPES_STD
+    task: str = field(default="seg", init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "num_blocks", "growth_rate", "compression", "out_layers",
+                     "feature_channels"):
+            value = tuple(getattr(self, name))
+            if len(value) != 4:
+                raise D3NetError(f"config {self.name}: {name} needs 4 entries (one per scale), "
+                                 f"got {len(value)}")
+            setattr(self, name, value)
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+        _check_mode(self.dilation, self.name)
+        if self.head not in ("fcn", "ocr"):
+            raise D3NetError(f"config {self.name}: head must be 'fcn' or 'ocr', got {self.head!r}")
+
+
+@dataclass
+class BranchConfig:
+    """One encoder-decoder branch of the music model (a frequency band or the full band).
+
+    Lists run over the branch's D3 blocks: ``levels`` down blocks, the bottleneck block,
+    then ``levels`` up blocks (``levels = (len - 1) // 2``), as the official ``md3_block_ds``.
+    ``comp_rates`` is kept in the official layout; upsampling layer ``j`` uses entry
+    ``levels + j`` (its transposed convolution outputs ``ceil(rate * channels)``).
+    """
+
+    init_features: int
+    num_layers: Tuple[int, ...]
+    growth_rate: Tuple[int, ...]
+    num_blocks: Tuple[int, ...]
+    comp_rates: Tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.num_layers = tuple(self.num_layers)
+        self.growth_rate = tuple(self.growth_rate)
+        self.num_blocks = tuple(self.num_blocks)
+        n = len(self.num_layers)
+        if not (len(self.growth_rate) == len(self.num_blocks) == n) or n % 2 == 0:
+            raise D3NetError("branch config: num_layers, growth_rate and num_blocks need the "
+                             "same odd length")
+        if not self.comp_rates:
+            self.comp_rates = (1.0,) * n
+        self.comp_rates = tuple(float(c) for c in self.comp_rates)
+        if len(self.comp_rates) < n - 1:
+            raise D3NetError(f"branch config: comp_rates needs at least {n - 1} entries")
+        if min(self.num_layers) < 1 or min(self.num_blocks) < 1:
+            raise D3NetError("branch config: every D3 block needs >= 1 layer and >= 1 block")
+
+    @property
+    def levels(self) -> int:
+        return (len(self.num_layers) - 1) // 2
+
+    def up_rate(self, j: int) -> float:
+        return self.comp_rates[self.levels + j]
+
+
+@dataclass
+class MSSConfig:
+    """Music source separation network of one target (official ``D3NetMSS`` hparams).
+
+    The official configs (fixtures/official/mss/configs) win over the paper's Table 5
+    where they differ (e.g. the low band has 3 down-sampling levels, not 4, and the output
+    gate is a 1x1 convolution, not 3x3).
+    """
+
+    target: str = "vocals"
+    name: str = "mss-vocals"
+    band_split: Tuple[int, ...] = (256,)
+    valid_bins: int = 1600
+    bands: Tuple[BranchConfig, ...] = ()
+    full: Optional[BranchConfig] = None
+    final_growth_rate: int = 12
+    final_num_layers: int = 3
+    audio_channels: int = 2
+    fft_size: int = 4096
+    hop_size: int = 1024
+    sample_rate: int = 44100
+    patch_length: int = 256
+    test_patch_len: int = 256
+    out_shift: int = 128
+    dilation: str = "multi"
+    task: str = field(default="mss", init=False)
+
+    def __post_init__(self) -> None:
+        self.band_split = tuple(self.band_split)
+        self.bands = tuple(b if isinstance(b, BranchConfig) else BranchConfig(**b)
+                           for b in self.bands)
+        if isinstance(self.full, dict):
+            self.full = BranchConfig(**self.full)
+        _check_mode(self.dilation, self.name)
+        if self.full is None or not self.bands:
+            raise D3NetError(f"config {self.name}: needs band branches and a full-band branch")
+        if len(self.bands) != len(self.band_split) + 1:
+            raise D3NetError(f"config {self.name}: {len(self.band_split)} split points need "
+                             f"{len(self.band_split) + 1} bands, got {len(self.bands)}")
+        edges = self.band_edges
+        if any(b <= a for a, b in zip(edges, edges[1:])) or self.valid_bins > self.num_bins:
+            raise D3NetError(f"config {self.name}: band edges {edges} must increase up to "
+                             f"at most {self.num_bins} bins")
+        for (lo, hi), branch in zip(zip(edges, edges[1:]), self.bands):
+            if (hi - lo) % (2 ** branch.levels):
+                raise D3NetError(f"config {self.name}: band [{lo}, {hi}) width must be divisible "
+                                 f"by 2**{branch.levels}")
+        if self.valid_bins % (2 ** self.full.levels):
+            raise D3NetError(f"config {self.name}: valid_bins must be divisible by "
+                             f"2**{self.full.levels}")
+
+    @property
+    def num_bins(self) -> int:
+        return self.fft_size // 2 + 1
+
+    @property
+    def band_edges(self) -> Tuple[int, ...]:
+        return (0,) + self.band_split + (self.valid_bins,)
+
+    @property
+    def frame_multiple(self) -> int:
+        """Frames must be a multiple of this for the pooling levels (padded internally)."""
+        return 2 ** max(b.levels for b in self.bands + (self.full,))
+
+
+Config = Union[SegConfig, MSSConfig]
+
+
+def _check_mode(dilation: str, name: str) -> None:
+    if dilation not in DILATION_MODES:
+        raise D3NetError(f"config {name}: dilation must be one of {DILATION_MODES}, "
+                         f"got {dilation!r}")
+
+
+# ----------------------------------------------------------------------------- presets
+
+def _mss_official(target: str) -> MSSConfig:
+    if target in ("vocals", "other"):
+        low = BranchConfig(32, (5, 5, 5, 5, 4, 4, 4), (16, 18, 20, 22, 20, 18, 16), (2,) * 7,
+                           (1.0,) * 6)
+        high = BranchConfig(8, (1,) * 5, (2,) * 5, (1,) * 5, (1.0,) * 6)
+        full = BranchConfig(32, (4, 5, 6, 7, 8, 6, 5, 4, 4), (13, 14, 15, 16, 17, 16, 14, 12, 11),
+                            (2,) * 9, (1.0,) * 10)
+        return MSSConfig(target=target, name=f"mss-{target}", band_split=(256,),
+                         bands=(low, high), full=full)
+    if target == "drums":
+        low = BranchConfig(32, (5, 5, 5, 4, 4, 4, 4), (16, 18, 20, 22, 20, 18, 16), (2,) * 7,
+                           (1.0,) * 6)
+        high = BranchConfig(8, (1,) * 5, (2,) * 5, (1,) * 5, (1.0,) * 5)
+        full = BranchConfig(32, (4, 5, 6, 7, 8, 6, 6, 4, 4), (13, 14, 15, 16, 16, 16, 14, 12, 11),
+                            (2,) * 9, (1.0,) * 10)
+        return MSSConfig(target=target, name="mss-drums", band_split=(128,),
+                         bands=(low, high), full=full)
+    if target == "bass":
+        low = BranchConfig(32, (5, 5, 5, 5, 4, 4, 4), (16, 18, 18, 20, 18, 16, 16), (2,) * 7,
+                           (1.0,) * 6)
+        high = BranchConfig(8, (1,) * 7, (2,) * 7, (1,) * 7, (1.0,) * 6)
+        full = BranchConfig(32, (4, 5, 6, 7, 8, 6, 6, 4, 4), (10, 10, 12, 14, 16, 14, 12, 8, 8),
+                            (2,) * 9, (1.0,) * 10)
+        return MSSConfig(target=target, name="mss-bass", band_split=(192,), bands=(low, high),
+                         full=full, patch_length=352, test_patch_len=384, out_shift=192)
+    raise D3NetError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
+
+
+def mss_small(target: str = "vocals") -> MSSConfig:
+    """A reduced music model (~0.2 M parameters) for the bundled demo and quick training."""
+    low = BranchConfig(16, (3, 3, 3, 3, 3), (8, 10, 12, 10, 8), (2,) * 5)
+    high = BranchConfig(4, (1, 1, 1), (2, 2, 2), (1, 1, 1))
+    full = BranchConfig(16, (3, 3, 4, 3, 3), (8, 10, 12, 10, 8), (2,) * 5)
+    return MSSConfig(target=target, name="mss-small", band_split=(256,), bands=(low, high),
+                     full=full, final_growth_rate=8, final_num_layers=3)
+
+
+def _seg_l() -> SegConfig:
+    return SegConfig(name="d3net-l", num_blocks=(10,) * 4, growth_rate=(64,) * 4,
+                     feature_channels=(32, 48, 96, 192), head_channels=368)
+
+
+SEG_PRESETS = {"d3net-s": SegConfig, "d3net-l": _seg_l}
+MSS_PRESETS = tuple(f"mss-{t}" for t in TARGETS) + ("mss-small",)
+PRESETS = tuple(SEG_PRESETS) + MSS_PRESETS
+
+
+def preset(name: str, target: Optional[str] = None) -> Config:
+    """A preset by name: d3net-s, d3net-l, mss-vocals/drums/bass/other, mss-small.
+
+    ``target`` names the separated source for ``mss-small`` (default vocals).
+    """
+    key = name.lower().replace("_", "-")
+    if key in SEG_PRESETS:
+        return SEG_PRESETS[key]()
+    if key == "mss-small":
+        return mss_small(target or "vocals")
+    if key.startswith("mss-") and key[4:] in TARGETS:
+        return _mss_official(key[4:])
+    raise D3NetError(f"unknown config preset {name!r}; choose one of {', '.join(PRESETS)} "
+                     "or give a YAML file")
+
+
+# ----------------------------------------------------------------------------- dict / YAML
+
+def to_dict(config: Config) -> Dict[str, Any]:
+    data = dataclasses.asdict(config)
+    return json.loads(json.dumps(data))  # tuples -> lists, plain types only
+
+
+def from_dict(data: Dict[str, Any]) -> Config:
+    data = dict(data)
+    task = data.pop("task", None)
+    if task == "seg":
+        cls: Any = SegConfig
+    elif task == "mss":
+        cls = MSSConfig
+    else:
+        raise D3NetError(f"config has task {task!r}; expected 'seg' or 'mss'")
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise D3NetError(f"unknown {task} config keys: {', '.join(unknown)}")
+    return cls(**data)
+
+
+def save_yaml(config: Config, path: Union[str, Path]) -> None:
+    from .utils import atomic_path
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def load_config(source: Union[str, Path, Config, Dict[str, Any]], task: Optional[str] = None,
+                target: Optional[str] = None) -> Config:
+    """A config from a preset name, a YAML file (ours or the official format), or a dict.
+
+    ``task`` ("seg"/"mss") is only needed when an official YAML could be either; ``target``
+    names the source of an official music YAML (otherwise taken from the file name).
+    """
+    if isinstance(source, (SegConfig, MSSConfig)):
+        return source
+    if isinstance(source, dict):
+        return _from_any_dict(source, task, target, "<dict>")
+    text = str(source)
+    path = Path(text)
+    if path.suffix.lower() not in (".yaml", ".yml") and not path.exists():
+        return preset(text, target)
+    if not path.is_file():
+        raise D3NetError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise D3NetError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise D3NetError(f"{path}: expected a mapping of config keys")
+    if target is None and path.stem.lower() in TARGETS:
+        target = path.stem.lower()
+    return _from_any_dict(data, task, target, str(path))
+
+
+def _from_any_dict(data: Dict[str, Any], task: Optional[str], target: Optional[str],
+                   origin: str) -> Config:
+    if "task" in data:
+        return from_dict(data)
+    return from_official(data, task=task, target=target, origin=origin)
+
+
+def from_official(data: Dict[str, Any], task: Optional[str] = None,
+                  target: Optional[str] = None, name: Optional[str] = None,
+                  origin: str = "<official config>") -> Config:
+    """Translate an official NNabla D3Net config (dict of its YAML) to ours."""
+    looks_mss = "band_split_idxs" in data
+    looks_seg = "n_blocks" in data and "dens_k" in data
+    if task is None:
+        if looks_mss == looks_seg:
+            raise D3NetError(f"{origin}: cannot tell whether this is a segmentation or a music "
+                             "config; pass task='seg' or 'mss' (--task)")
+        task = "mss" if looks_mss else "seg"
+    try:
+        if task == "seg":
+            return _seg_from_official(data, name or "custom")
+        if task == "mss":
+            return _mss_from_official(data, target or "vocals", name)
+    except KeyError as exc:
+        raise D3NetError(f"{origin}: missing key {exc.args[0]!r} for a {task} config") from None
+    raise D3NetError(f"task must be 'seg' or 'mss', got {task!r}")
+
+
+def _seg_from_official(d: Dict[str, Any], name: str) -> SegConfig:
+    flags = d.get("dilation", [True] * 4)
+    flags = flags if isinstance(flags, (list, tuple)) else [flags] * 4
+    if len(set(bool(f) for f in flags)) > 1:
+        raise D3NetError("official configs with dilation on for some scales only are not "
+                         "supported")
+    return SegConfig(
+        name=name, num_init_features=d["num_init_features"], num_layers=d["num_layers"],
+        num_blocks=d["n_blocks"], growth_rate=d["dens_k"], compression=d["block_comp"],
+        out_layers=d["dense_n_out_layer_block"], feature_channels=d["intermediate_out_ch"],
+        transition_factor=d["trans_comp_factor"],
+        dilation="multi" if bool(flags[0]) else "none", head_channels=d["channels"],
+        num_classes=d.get("num_classes", 19), mean=tuple(d.get("mean", CITYSCAPES_MEAN)),
+        std=tuple(d.get("std", CITYSCAPES_STD)))
+
+
+def _mss_from_official(d: Dict[str, Any], target: str, name: Optional[str]) -> MSSConfig:
+    bands = tuple(
+        BranchConfig(init, layers, ks, blocks, comps)
+        for init, layers, ks, blocks, comps in zip(
+            d["num_init_features"], d["num_layer_blocks"], d["dens_k"], d["b_n_blocks"],
+            d["comp_rates"]))
+    full = BranchConfig(d["f_num_init_features"], d["f_num_layer_block"], d["f_dens_k"],
+                        d["f_n_blocks"], d["f_comp_rates"])
+    kernel = d.get("kernel_size", 3)
+    if kernel != 3:
+        raise D3NetError("only 3x3 kernels are supported")
+    patch = d.get("test_patch_len", d.get("patch_length", 256))
+    return MSSConfig(
+        target=target, name=name or f"mss-{target}", band_split=tuple(d["band_split_idxs"]),
+        valid_bins=d["valid_signal_idx"], bands=bands, full=full,
+        final_growth_rate=d["ttl_dens_k"], final_num_layers=d["ttl_num_layer_block"],
+        audio_channels=d.get("n_channels", 2), fft_size=d.get("fft_size", 4096),
+        hop_size=d.get("hop_size", 1024), sample_rate=d.get("fs", 44100),
+        patch_length=d.get("patch_length", 256), test_patch_len=patch,
+        out_shift=d.get("out_shift", patch // 2),
+        dilation="multi" if d.get("dilation", True) else "none")
+
+
+def describe(config: Config) -> str:
+    """One line naming the config (for logs and errors)."""
+    if isinstance(config, MSSConfig):
+        return f"{config.name} (music separation, target {config.target})"
+    return f"{config.name} (segmentation, {config.num_classes} classes, {config.head} head)"
+
+
+def ceil_rate(rate: float, channels: int) -> int:
+    return int(math.ceil(rate * channels))
