@@ -194,7 +194,13 @@ def infer_config(params: Dict[str, np.ndarray], path: Optional[PathLike] = None)
                      f"{', '.join(sorted(scopes)[:5])}); pass --config")
 
 
-def _mismatch(path, config, missing, unexpected, shapes=()) -> D3NetError:
+def _mismatch(path, config, missing, unexpected, shapes=(), params=None) -> D3NetError:
+    hint = ""
+    if params is not None:
+        try:
+            hint = f" The file looks like {infer_config(params, path).name}."
+        except D3NetError:
+            pass
     parts = []
     if missing:
         parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
@@ -203,7 +209,7 @@ def _mismatch(path, config, missing, unexpected, shapes=()) -> D3NetError:
     if shapes:
         parts.append(f"{len(shapes)} with other shapes (e.g. {', '.join(shapes[:2])})")
     return D3NetError(f"{path}: parameters do not match {describe(config)}: "
-                      + "; ".join(parts) + ". Is this the right file for this --config?")
+                      + "; ".join(parts) + "." + (hint or " Is this the right file for this --config?"))
 
 
 def load_nnabla(path: PathLike, config=None, task: Optional[str] = None,
@@ -225,6 +231,7 @@ def load_nnabla(path: PathLike, config=None, task: Optional[str] = None,
     from .models import create
 
     params = read_nnabla_h5(path)
+    original = params
     target = None
     if config is None:
         cfg = infer_config(params, path)
@@ -238,7 +245,7 @@ def load_nnabla(path: PathLike, config=None, task: Optional[str] = None,
     if isinstance(cfg, MSSConfig):
         scopes = {n.split("/", 1)[0] for n in params}
         if len(scopes) != 1 or scopes.pop() not in TARGETS:
-            raise _mismatch(path, cfg, [], list(params)[:3])
+            raise _mismatch(path, cfg, [], list(params)[:3], params=original)
         scope = next(iter(params)).split("/", 1)[0]
         if scope != cfg.target and cfg.name != f"mss-{scope}" and cfg.name.startswith("mss-") \
                 and cfg.name[4:] in TARGETS:
@@ -267,7 +274,7 @@ def load_nnabla(path: PathLike, config=None, task: Optional[str] = None,
         if name in params and params[name].size != state[key].numel():
             shapes.append(f"{name} {params[name].shape} vs {tuple(state[key].shape)}")
     if missing or unexpected or shapes:
-        raise _mismatch(path, cfg, missing, unexpected, shapes)
+        raise _mismatch(path, cfg, missing, unexpected, shapes, params=original)
     filled = set(mapping.values())
     unfilled = [k for k in state if k not in filled and not k.endswith("num_batches_tracked")
                 and not (backbone_only and not k.startswith("backbone."))]

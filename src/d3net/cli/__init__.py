@@ -12,9 +12,16 @@ from typing import List, Optional
 
 from ..errors import D3NetError
 
+
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars or informational output")
+
 # module name under d3net.cli -> registers one or more subcommands
 COMMAND_MODULES = [
     "summary",
+    "convert",
+    "data",
 ]
 
 
@@ -27,11 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(subparsers)
     return parser
-
-
-def add_quiet(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-q", "--quiet", action="store_true",
-                        help="no progress bars or informational output")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

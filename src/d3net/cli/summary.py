@@ -1,0 +1,52 @@
+"""``d3net summary``: build a preset or YAML config and print its size and shapes."""
+from __future__ import annotations
+
+import argparse
+
+from . import add_quiet
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("summary", help="print a model's parameter count and output shape",
+                              description="Build a model from a preset or YAML config and "
+                                          "print its parameter count and a test forward's shapes.")
+    p.add_argument("--config", default="d3net-s",
+                   help="preset (d3net-s, d3net-l, mss-vocals, mss-drums, mss-bass, mss-other, "
+                        "mss-small) or YAML file (default: d3net-s)")
+    p.add_argument("--task", choices=["seg", "mss"], help="for official YAMLs that leave it open")
+    p.add_argument("--dilation", choices=["multi", "standard", "none"],
+                   help="override the config's dilation mode")
+    p.add_argument("--size", default=None,
+                   help="test input size: HxW for segmentation (default 256x512), frames for "
+                        "music (default 64)")
+    add_quiet(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..configs import MSSConfig, describe, load_config
+    from ..errors import D3NetError
+    from ..models import count_parameters, create
+
+    config = load_config(args.config, task=args.task)
+    if args.dilation:
+        config.dilation = args.dilation
+    model = create(config).eval()
+    if isinstance(config, MSSConfig):
+        frames = int(args.size or 64)
+        x = torch.rand(1, config.audio_channels, config.num_bins, frames)
+    else:
+        try:
+            h, w = (int(v) for v in (args.size or "256x512").lower().split("x"))
+        except ValueError:
+            raise D3NetError(f"--size must look like 256x512, got {args.size!r}") from None
+        x = torch.randn(1, 3, h, w)
+    with torch.inference_mode():
+        y = model(x)
+    print(describe(config))
+    print(f"  dilation:   {config.dilation}")
+    print(f"  parameters: {count_parameters(model):,} trainable")
+    print(f"  input  {tuple(x.shape)} -> output {tuple(y.shape)}")
+    return 0
