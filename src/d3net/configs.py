@@ -215,12 +215,16 @@ def _mss_official(target: str) -> MSSConfig:
 
 
 def mss_small(target: str = "vocals") -> MSSConfig:
-    """A reduced music model (~0.2 M parameters) for the bundled demo and quick training."""
-    low = BranchConfig(16, (3, 3, 3, 3, 3), (8, 10, 12, 10, 8), (2,) * 5)
+    """A reduced music model (~0.1 M parameters) for the bundled demo and quick CPU training.
+
+    Same structure as the official networks (two bands + full band, nested D3 blocks),
+    with two pooling levels, narrow layers and a 2-layer final block.
+    """
+    low = BranchConfig(8, (2, 2, 2, 2, 2), (6, 8, 10, 8, 6), (2,) * 5)
     high = BranchConfig(4, (1, 1, 1), (2, 2, 2), (1, 1, 1))
-    full = BranchConfig(16, (3, 3, 4, 3, 3), (8, 10, 12, 10, 8), (2,) * 5)
+    full = BranchConfig(8, (2, 3, 3, 3, 2), (6, 8, 10, 8, 6), (2,) * 5)
     return MSSConfig(target=target, name="mss-small", band_split=(256,), bands=(low, high),
-                     full=full, final_growth_rate=8, final_num_layers=3)
+                     full=full, final_growth_rate=6, final_num_layers=2)
 
 
 def _seg_l() -> SegConfig:

@@ -1,0 +1,96 @@
+"""``d3net separate``: songs in, one audio file per estimated source out."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from . import add_quiet
+
+NO_MODEL = ("no separation model given: pass --model DIR (a folder made by 'd3net convert "
+            "nnabla d3net-mss/ -o DIR' from Sony's official weights, or by 'd3net train mss'), "
+            "or --model demo for the small bundled model, or set D3NET_MODEL")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "separate", help="separate songs into vocals, drums, bass and other",
+        description="Separate audio files. Writes OUTDIR/<input name>/<target>.<format> at the "
+                    "input's sample rate, length and channel count.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files (wav, flac, ogg; "
+                   "mp3, m4a, .stem.mp4 with ffmpeg installed)")
+    p.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder")
+    p.add_argument("--model", default=os.environ.get("D3NET_MODEL"),
+                   help="separation model folder or file, or 'demo' (default: $D3NET_MODEL)")
+    p.add_argument("--targets", help="comma-separated subset of the model's targets")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if "
+                   "available)")
+    p.add_argument("--wiener-iterations", type=int, default=1, metavar="N",
+                   help="0 = no filter, 1 = the official filter (default), more = EM iterations")
+    p.add_argument("--no-flip", action="store_true",
+                   help="skip the channel-flip averaging (twice as fast, slightly worse)")
+    p.add_argument("--compat", choices=["official"], default=None,
+                   help="reproduce the official implementation's arithmetic exactly")
+    p.add_argument("--accompaniment", action="store_true",
+                   help="also write accompaniment (drums+bass+other, or the residual)")
+    p.add_argument("--format", choices=["wav", "flac"], default="wav")
+    p.add_argument("--bits", type=int, choices=[16, 24, 32], default=16,
+                   help="16/24-bit PCM, or 32 = 32-bit float WAV (FLAC: 16 or 24)")
+    p.add_argument("--batch-size", type=int, default=8, help="patches per network call")
+    add_quiet(p)
+    p.set_defaults(func=run)
+
+
+def output_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".stem.mp4", ".stem.m4a"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def resolve_model(model: str | None) -> Path:
+    from ..errors import D3NetError
+    if not model:
+        raise D3NetError(NO_MODEL)
+    if model == "demo":
+        from ..demo import bundled_model_dir
+        return bundled_model_dir()
+    path = Path(model)
+    if not path.exists():
+        raise D3NetError(f"--model {model}: no such file or folder. " + NO_MODEL.split(": ", 1)[1])
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from ..audio import io
+    from ..errors import D3NetError
+    from ..separate import Separator
+
+    if args.format == "flac" and args.bits == 32:
+        raise D3NetError("FLAC supports 16 or 24 bits only (use --format wav for 32-bit float)")
+    inputs = [Path(p) for p in args.inputs]
+    for path in inputs:
+        if not path.is_file():
+            raise D3NetError(f"{path}: no such file")
+    model_path = resolve_model(args.model)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
+    separator = Separator.from_dir(
+        model_path, device=device, targets=targets, wiener_iterations=args.wiener_iterations,
+        channel_flip=not args.no_flip, compat=args.compat, batch_size=args.batch_size,
+        progress=not args.quiet)
+
+    out_root = Path(args.out)
+    for path in tqdm(inputs, desc="songs", unit="song", disable=args.quiet or len(inputs) == 1):
+        waveform, rate = io.load(path)
+        stems = separator.separate(waveform, rate, accompaniment=args.accompaniment)
+        folder = out_root / output_name(path)
+        for name, stem in stems.items():
+            io.save(folder / f"{name}.{args.format}", stem, rate, bits=args.bits)
+        if not args.quiet:
+            tqdm.write(f"{path} -> {folder}/ ({', '.join(stems)})")
+    return 0

@@ -1,0 +1,111 @@
+"""The no-download demo: a fresh synthetic song separated by the small bundled model.
+
+The bundled model (``mss-small``, one network per target, under 1 MB each) was trained on
+synthetic songs by ``scripts/train_demo.py``; the demo draws songs from small seeds
+(:data:`FIRST_DEMO_SEED` and up) that training never used.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import numpy as np
+import torch
+
+from .errors import D3NetError
+
+TARGETS = ("vocals", "drums", "bass", "other")
+#: Demo and held-out evaluation songs use seeds from here; training songs use 64-bit hashed
+#: seeds (``synth_music.song_seed``), which these small seeds never equal.
+FIRST_DEMO_SEED = 10_000
+DEMO_SECONDS = 12.0
+
+
+def bundled_model_dir() -> Path:
+    """Folder of the bundled demo separation model (``<target>.safetensors``)."""
+    path = Path(__file__).resolve().parent / "assets" / "demo"
+    if not all((path / f"{t}.safetensors").is_file() for t in TARGETS):
+        raise D3NetError(f"the bundled demo model is missing from {path}; rebuild it with "
+                         "'python scripts/train_demo.py'")
+    return path
+
+
+def run_demo(out: Union[str, os.PathLike], seed: int = FIRST_DEMO_SEED,
+             seconds: float = DEMO_SECONDS, device: Optional[str] = None,
+             progress: bool = True) -> Dict[str, object]:
+    """Generate a song, separate it, write audio + a spectrogram figure, score it.
+
+    Writes ``out/mixture.wav``, ``out/true/<target>.wav``, ``out/estimates/<target>.wav``
+    and ``out/spectrograms.png``.
+
+    Returns:
+        ``{"scorer": "museval" | "own", "sdr": {target: median SDR (dB)},
+        "baseline_sdr": {target: SDR of the mixture as estimate}}``.
+    """
+    from .audio import io
+    from .data.synth_music import generate_song
+    from .evaluate.sdr import score_track
+    from .separate import Separator
+
+    if not 0 <= seed < 2 ** 32:
+        raise D3NetError(f"--seed must be in [0, 2**32), got {seed}")
+    out = Path(out)
+    sample_rate = 44100
+    stems = generate_song(seed, seconds, sample_rate)
+    truth = {t: np.asarray(stems[t], dtype=np.float32) for t in TARGETS}
+    mixture = sum(truth.values())
+    separator = Separator.from_dir(bundled_model_dir(), device=device, progress=progress)
+    estimates = separator.separate(torch.from_numpy(mixture), sample_rate)
+    estimates = {t: estimates[t].cpu().numpy() for t in TARGETS}
+
+    io.save(out / "mixture.wav", torch.from_numpy(mixture), sample_rate)
+    for t in TARGETS:
+        io.save(out / "true" / f"{t}.wav", torch.from_numpy(truth[t]), sample_rate)
+        io.save(out / "estimates" / f"{t}.wav", torch.from_numpy(estimates[t]), sample_rate)
+    plot_spectrograms(out / "spectrograms.png", mixture, truth, estimates, sample_rate)
+
+    scores = score_track(truth, estimates, sample_rate=sample_rate, scorer="auto")
+    baseline = score_track(truth, {t: mixture for t in TARGETS}, sample_rate=sample_rate,
+                           scorer=scores["scorer"])
+    return {"scorer": scores["scorer"],
+            "sdr": {t: scores["median"][t]["SDR"] for t in TARGETS},
+            "baseline_sdr": {t: baseline["median"][t]["SDR"] for t in TARGETS}}
+
+
+def plot_spectrograms(path: Path, mixture: np.ndarray, truth: Dict[str, np.ndarray],
+                      estimates: Dict[str, np.ndarray], sample_rate: int) -> None:
+    """Mixture on top, then one row per target: estimate (left) vs truth (right)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .audio import spectral
+    from .utils import atomic_path
+
+    def db(x: np.ndarray) -> np.ndarray:
+        mag = spectral.magnitude(spectral.stft(torch.from_numpy(x.mean(0))))
+        return 20 * np.log10(mag.numpy() + 1e-5)
+
+    extent = (0, mixture.shape[-1] / sample_rate, 0, sample_rate / 2000)
+    fig, axes = plt.subplots(len(TARGETS) + 1, 2, figsize=(12, 12), sharex=True, sharey=True)
+    top = db(mixture)
+    vmax = top.max()
+    kw = dict(origin="lower", aspect="auto", extent=extent, vmin=vmax - 80, vmax=vmax,
+              cmap="magma")
+    for ax in axes[0]:
+        ax.imshow(top, **kw)
+        ax.set_title("mixture")
+    for row, t in enumerate(TARGETS, start=1):
+        axes[row, 0].imshow(db(estimates[t]), **kw)
+        axes[row, 0].set_title(f"{t}: estimate")
+        axes[row, 1].imshow(db(truth[t]), **kw)
+        axes[row, 1].set_title(f"{t}: truth")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("kHz")
+    for ax in axes[-1]:
+        ax.set_xlabel("seconds")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
