@@ -21,7 +21,13 @@ def add_quiet(parser: argparse.ArgumentParser) -> None:
 COMMAND_MODULES = [
     "summary",
     "convert",
+    "separate",
+    "segment",
+    "train",
+    "evaluate",
     "data",
+    "demo",
+    "receptive_field",
 ]
 
 
