@@ -1,0 +1,411 @@
+"""Source separation scores: museval's BSSEval v4 or a plain numpy SDR, and Table-4 summaries.
+
+Two scorers:
+
+* ``"museval"``: BSSEval v4 (``museval.evaluate``, "images" metrics, distortion filters
+  over the whole track, 1 s windows with a 1 s hop), the metric MUSDB18 results are
+  reported in. Like the official D3Net evaluation (``museval.eval_mus_track`` on the four
+  estimates), the four sources are scored together; ``accompaniment`` is scored together
+  with ``vocals`` as a second scenario (museval's voc/acc scenario), keeping the
+  four-source scores for vocals. ``museval`` imports ``musdb`` -> ``stempeg``, which
+  raises at import time when no ``ffmpeg`` binary is on the PATH:
+  :func:`museval_available` reports that.
+* ``"own"``: per 1 s frame ``10 log10(||s||^2 / ||s - s_hat||^2)`` summed over channels
+  (a tiny ``eps`` keeps a perfect estimate finite). BSSEval v4's "images" SDR is exactly
+  this ratio (its distortion filters only split the error into spatial, interference
+  and artifact parts), so both scorers give the same SDR up to rounding; SIR, ISR and
+  SAR need those projections and are NaN with this scorer. It is fast, where museval
+  solves a ``(sources x channels x 512)``-square linear system per source and takes
+  tens of seconds or more per track.
+
+Frames follow museval: ``floor((samples - win) / hop) + 1`` full windows (one window when
+the track is shorter than ``win``). As in museval, a frame is NaN for all sources scored
+together when any of their references or estimates is silent (all zeros) in it; medians
+ignore NaN frames. A target whose reference or estimate is silent over the whole track
+(BSSEval refuses it; an untrained model may output zeros) is scored alone with the own
+SDR (0 dB for a silent estimate) and does not void the others' frames.
+
+Caveat: on band-limited, noise-free synthetic references museval's least-squares filters
+are ill-conditioned, so its SIR / ISR / SAR can be meaningless there while its SDR (which
+does not depend on the filters) stays exact.
+
+Per-track results are written in museval's JSON format (``{"targets": [{"name",
+"frames": [{"time", "duration", "metrics": {"SDR", "SIR", "SAR", "ISR"}}]}],
+"museval_version"}``, values rounded to 5 decimals, NaN for undefined frames), with extra
+top-level keys ``scorer``, ``track`` and ``sample_rate``; museval's ``EvalStore`` and our
+:func:`load_track_json` both read them.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from d3net.errors import D3NetError
+from d3net.utils import PathLike, atomic_path
+
+METRICS = ("SDR", "SIR", "ISR", "SAR")
+SOURCES = ("vocals", "drums", "bass", "other")
+COLUMNS = SOURCES + ("accompaniment", "average")
+"""Summary columns; ``average`` is the mean of the four sources' medians (paper Table 4)."""
+_HEADERS = {"vocals": "Vocals", "drums": "Drums", "bass": "Bass", "other": "Other",
+            "accompaniment": "Acco.", "average": "Avg."}
+_OWN_EPS = 1e-10
+
+
+# ----------------------------------------------------------------------------------------
+# museval availability
+# ----------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def museval_problem() -> str | None:
+    """``None`` when museval imports, else one line saying why not and what to do."""
+    try:
+        import museval  # noqa: F401
+    except ImportError as error:
+        return (f"museval is not installed ({error}): pip install 'd3net[eval]' "
+                "(it also needs an ffmpeg binary)")
+    except Exception as error:  # stempeg raises at import time when ffmpeg is missing
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return (f"museval cannot be imported ({type(error).__name__}: {first}); it needs an "
+                "ffmpeg binary on the PATH (e.g. apt-get install ffmpeg)")
+    return None
+
+
+def museval_available() -> bool:
+    """Whether museval (and the ffmpeg binary it needs at import time) is usable."""
+    return museval_problem() is None
+
+
+def _museval_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("museval")
+    except Exception:  # not installed: the JSON still says which scorer was used
+        return "n/a"
+
+
+# ----------------------------------------------------------------------------------------
+# scoring one track
+# ----------------------------------------------------------------------------------------
+
+def _frames(samples: int, win: int, hop: int) -> list[slice]:
+    if win >= samples:
+        return [slice(0, samples)]
+    count = (samples - win) // hop + 1
+    return [slice(i * hop, i * hop + win) for i in range(count)]
+
+
+def own_sdr(reference: np.ndarray, estimate: np.ndarray, win: int, hop: int) -> np.ndarray:
+    """Framewise SDR in dB of one ``(channels, samples)`` estimate; NaN where the
+    reference frame is silent."""
+    values = []
+    for frame in _frames(reference.shape[-1], win, hop):
+        ref = reference[:, frame].astype(np.float64)
+        err = ref - estimate[:, frame].astype(np.float64)
+        energy = float(np.sum(ref ** 2))
+        if energy == 0.0:
+            values.append(math.nan)
+        else:
+            error = float(np.sum(err ** 2))
+            values.append(10.0 * math.log10((energy + _OWN_EPS) / (error + _OWN_EPS)))
+    return np.array(values)
+
+
+def _prepare(references: Mapping[str, np.ndarray], estimates: Mapping[str, np.ndarray],
+             accompaniment: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Matching float64 ``(channels, samples)`` arrays; estimates padded / cut to the
+    reference length; accompaniment derived from drums + bass + other where missing."""
+    refs = {k: np.atleast_2d(np.asarray(v, dtype=np.float64)) for k, v in references.items()}
+    ests = {k: np.atleast_2d(np.asarray(v, dtype=np.float64)) for k, v in estimates.items()}
+    parts = ("drums", "bass", "other")
+    if accompaniment:
+        for store in (refs, ests):
+            if "accompaniment" not in store and all(p in store for p in parts):
+                store["accompaniment"] = sum(store[p] for p in parts)
+    targets = [t for t in ests if t in refs]
+    if not targets:
+        raise D3NetError(f"no target to score: estimates {sorted(ests)} and references "
+                         f"{sorted(refs)} have no name in common")
+    out_refs, out_ests = {}, {}
+    for t in targets:
+        ref, est = refs[t], ests[t]
+        if ref.ndim != 2 or est.ndim != 2:
+            raise D3NetError(f"{t}: expected (channels, samples) arrays, got reference "
+                             f"{ref.shape} and estimate {est.shape}")
+        if ref.shape[0] != est.shape[0]:
+            raise D3NetError(f"{t}: the estimate has {est.shape[0]} channels, the reference "
+                             f"{ref.shape[0]}")
+        if est.shape[1] < ref.shape[1]:
+            est = np.pad(est, ((0, 0), (0, ref.shape[1] - est.shape[1])))
+        out_refs[t], out_ests[t] = ref, est[:, :ref.shape[1]]
+    lengths = {v.shape[1] for v in out_refs.values()}
+    if len(lengths) > 1:
+        raise D3NetError(f"references have different lengths {sorted(lengths)}")
+    return out_refs, out_ests
+
+
+def _own_group(refs: dict[str, np.ndarray], ests: dict[str, np.ndarray], names: list[str],
+               win: int, hop: int, whole_silence: bool = True) -> dict[str, dict[str, np.ndarray]]:
+    """Own SDR of sources scored together: as museval, a frame is NaN for all of them
+    when any of their references or estimates is silent in it (with ``whole_silence``
+    false, only a silent reference frame makes that target's frame NaN)."""
+    windows = _frames(next(iter(refs.values())).shape[-1], win, hop)
+    silent = np.array([whole_silence and any(not np.any(audio[:, w]) for n in names
+                                             for audio in (refs[n], ests[n]))
+                       for w in windows], dtype=bool)
+    out = {}
+    for name in names:
+        sdr = own_sdr(refs[name], ests[name], win, hop)
+        sdr[silent] = np.nan
+        nan = np.full_like(sdr, np.nan)
+        out[name] = {"SDR": sdr, "SIR": nan, "ISR": nan, "SAR": nan}
+    return out
+
+
+def _museval_group(refs: dict[str, np.ndarray], ests: dict[str, np.ndarray], names: list[str],
+                   win: int, hop: int) -> dict[str, dict[str, np.ndarray]]:
+    """BSSEval v4 of sources scored together (none silent everywhere)."""
+    import museval
+
+    reference = np.stack([refs[n].T for n in names])   # (sources, samples, channels)
+    estimate = np.stack([ests[n].T for n in names])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sdr, isr, sir, sar = museval.evaluate(reference, estimate, win=win, hop=hop)
+    return {n: {"SDR": sdr[i], "SIR": sir[i], "ISR": isr[i], "SAR": sar[i]}
+            for i, n in enumerate(names)}
+
+
+def score_track(references: Mapping[str, np.ndarray], estimates: Mapping[str, np.ndarray],
+                sample_rate: int = 44100, scorer: str = "auto", accompaniment: bool = True,
+                win_seconds: float = 1.0, hop_seconds: float = 1.0) -> dict:
+    """Score the estimates of one track.
+
+    Args:
+        references: target name -> true ``(channels, samples)`` audio.
+        estimates: target name -> estimated audio (padded / cut to the reference length).
+            Targets present in both are scored.
+        sample_rate: Hz (sets the 1 s window).
+        scorer: ``"museval"``, ``"own"`` or ``"auto"`` (museval when it imports, else own).
+        accompaniment: derive ``accompaniment = drums + bass + other`` (reference and
+            estimate) when it is not given and the three are.
+        win_seconds, hop_seconds: frame window and hop (museval's defaults: 1 s, 1 s).
+
+    Returns:
+        ``{"scorer": "museval" | "own", "sample_rate", "win", "hop",
+        "frames": {target: {metric: list of per-frame dB}},
+        "median": {target: {metric: dB}}}`` (NaN where undefined).
+    """
+    if scorer not in ("auto", "museval", "own"):
+        raise D3NetError(f"scorer must be 'auto', 'museval' or 'own', got {scorer!r}")
+    if scorer == "auto":
+        scorer = "museval" if museval_available() else "own"
+    elif scorer == "museval" and not museval_available():
+        raise D3NetError(museval_problem())
+    refs, ests = _prepare(references, estimates, accompaniment)
+    win, hop = int(round(win_seconds * sample_rate)), int(round(hop_seconds * sample_rate))
+    if win < 1 or hop < 1:
+        raise D3NetError(f"window and hop must be at least one sample, got {win} and {hop}")
+
+    # the sources are scored together; accompaniment together with vocals (museval's
+    # voc/acc scenario), keeping the four-source scores for vocals
+    group = [n for n in SOURCES if n in refs] + [
+        n for n in refs if n not in SOURCES and n != "accompaniment"]
+    groups = [(group, group)] if group else []
+    if "accompaniment" in refs:
+        groups.append(((["vocals"] if "vocals" in refs else []) + ["accompaniment"],
+                       ["accompaniment"]))
+    frames: dict[str, dict[str, np.ndarray]] = {}
+    for members, keep in groups:
+        # BSSEval refuses a reference or estimate that is silent everywhere (an untrained
+        # model may output zeros): such a target is scored alone with the own SDR
+        alone = [n for n in members if not np.any(refs[n]) or not np.any(ests[n])]
+        together = [n for n in members if n not in alone]
+        scored = {n: _own_group(refs, ests, [n], win, hop, whole_silence=False)[n] for n in alone}
+        if together and scorer == "museval":
+            scored.update(_museval_group(refs, ests, together, win, hop))
+        elif together:
+            scored.update(_own_group(refs, ests, together, win, hop))
+        frames.update({n: scored[n] for n in keep})
+
+    order = [n for n in COLUMNS if n in frames] + [n for n in frames if n not in COLUMNS]
+    result = {"scorer": scorer, "sample_rate": int(sample_rate), "win": win_seconds,
+              "hop": hop_seconds, "frames": {}, "median": {}}
+    for name in order:
+        per_metric = {m: np.where(np.isinf(frames[name][m]), np.nan, frames[name][m])
+                      for m in METRICS}
+        result["frames"][name] = {m: [float(v) for v in per_metric[m]] for m in METRICS}
+        result["median"][name] = {m: _nanmedian(per_metric[m]) for m in METRICS}
+    return result
+
+
+def _nanmedian(values) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    return float(np.median(values)) if values.size else math.nan
+
+
+# ----------------------------------------------------------------------------------------
+# museval JSON files, resumable evaluation
+# ----------------------------------------------------------------------------------------
+
+def _q(value: float) -> float:
+    return round(float(value), 5) if math.isfinite(value) else math.nan
+
+
+def track_json_path(out_dir: PathLike, track_name: str, subset: str = "test") -> Path:
+    """Where museval puts a track's scores: ``out_dir/<subset>/<track>.json``."""
+    return Path(out_dir) / subset / f"{track_name}.json"
+
+
+def save_track_json(path: PathLike, track_name: str, scores: dict) -> Path:
+    """Write the result of :func:`score_track` atomically in museval's per-track format."""
+    targets = []
+    for name, metrics in scores["frames"].items():
+        count = len(metrics["SDR"])
+        targets.append({"name": name, "frames": [
+            {"time": i * scores["hop"], "duration": scores["win"],
+             "metrics": {m: _q(metrics[m][i]) for m in ("SDR", "SIR", "SAR", "ISR")}}
+            for i in range(count)]})
+    document = {"targets": targets, "museval_version": _museval_version(),
+                "scorer": scores["scorer"], "track": track_name,
+                "sample_rate": scores.get("sample_rate")}
+    text = json.dumps(document, indent=2)  # undefined frames are written NaN, as museval does
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def load_track_json(path: PathLike) -> dict:
+    """Read a per-track JSON (ours or museval's) back into :func:`score_track`'s form."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+        frames = {}
+        hop = win = 1.0
+        for target in document["targets"]:
+            rows = target["frames"]
+            frames[target["name"]] = {
+                m: [math.nan if r["metrics"].get(m) is None else float(r["metrics"][m])
+                    for r in rows] for m in METRICS}
+            if len(rows) > 1:
+                hop = float(rows[1]["time"] - rows[0]["time"])
+            if rows:
+                win = float(rows[0]["duration"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise D3NetError(f"cannot read scores from {path}: {error}") from None
+    return {"scorer": document.get("scorer", "museval"), "track": document.get("track", path.stem),
+            "sample_rate": document.get("sample_rate"), "win": win, "hop": hop,
+            "frames": frames,
+            "median": {t: {m: _nanmedian(v[m]) for m in METRICS} for t, v in frames.items()}}
+
+
+def load_results(out_dir: PathLike) -> dict[str, dict]:
+    """All readable per-track JSON files under ``out_dir``: track name -> scores."""
+    results = {}
+    for path in sorted(Path(out_dir).rglob("*.json")):
+        try:
+            results[path.stem] = load_track_json(path)
+        except D3NetError:
+            continue
+    return results
+
+
+def load_scored(out_dir: PathLike) -> set[str]:
+    """Names of the tracks already scored under ``out_dir`` (readable JSON files), so an
+    interrupted evaluation can skip them."""
+    if not Path(out_dir).is_dir():
+        return set()
+    return set(load_results(out_dir))
+
+
+# ----------------------------------------------------------------------------------------
+# summaries
+# ----------------------------------------------------------------------------------------
+
+@dataclass
+class ScoreTable:
+    """Median over frames, then median over tracks, per metric and column.
+
+    ``values[metric][column]`` in dB (NaN where no track has the target); columns are
+    :data:`COLUMNS`.
+    """
+
+    values: dict[str, dict[str, float]]
+    num_tracks: int
+    scorers: list[str] = field(default_factory=list)
+
+    def __getitem__(self, metric: str) -> dict[str, float]:
+        return self.values[metric]
+
+    def __str__(self) -> str:
+        return format_table(self)
+
+
+def summarize(per_track_scores: Mapping[str, dict] | Iterable[dict]) -> ScoreTable:
+    """Aggregate :func:`score_track` results like SiSEC / the paper's Table 4.
+
+    For every target and metric: the median over the frames of a track, then the median
+    over the tracks that have the target. ``average`` is the mean of the four sources'
+    values (vocals, drums, bass, other; over those present).
+    """
+    scores = list(per_track_scores.values()) if isinstance(per_track_scores, Mapping) \
+        else list(per_track_scores)
+    values: dict[str, dict[str, float]] = {}
+    for metric in METRICS:
+        row = {}
+        for column in COLUMNS[:-1]:
+            medians = [s["median"][column][metric] for s in scores if column in s["median"]]
+            row[column] = _nanmedian(medians)
+        present = [row[c] for c in SOURCES if not math.isnan(row[c])]
+        row["average"] = float(np.mean(present)) if present else math.nan
+        values[metric] = row
+    return ScoreTable(values, len(scores), sorted({s.get("scorer", "?") for s in scores}))
+
+
+def _cell(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.2f}"
+
+
+def format_table(table: ScoreTable, metrics: Iterable[str] = ("SDR",),
+                 label: str | None = None) -> str:
+    """A Markdown table like the paper's Table 4: one row per metric (dB)."""
+    header = ["Metric (dB)" if label is None else label] + [_HEADERS[c] for c in COLUMNS]
+    rows = [[m if label is None else f"{label} {m}"] + [_cell(table.values[m][c]) for c in COLUMNS]
+            for m in metrics]
+    note = (f"median over 1 s frames, then over {table.num_tracks} track"
+            f"{'s' if table.num_tracks != 1 else ''}; scorer: {', '.join(table.scorers) or '-'}")
+    return _markdown(header, rows) + "\n" + note
+
+
+def format_comparison(tables: Mapping[str, ScoreTable], metric: str = "SDR") -> str:
+    """One row per method, e.g. ``{"D3Net (demo)": t1, "mixture (baseline)": t2}``."""
+    header = ["Method", *[_HEADERS[c] for c in COLUMNS]]
+    rows = [[name] + [_cell(t.values[metric][c]) for c in COLUMNS] for name, t in tables.items()]
+    scorers = sorted({s for t in tables.values() for s in t.scorers})
+    return (_markdown(header, rows) + f"\n{metric} in dB, median over 1 s frames then over "
+            f"tracks; scorer: {', '.join(scorers) or '-'}")
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), rule, *[line(r) for r in rows]])
+
+
+__all__ = [
+    "METRICS", "COLUMNS", "museval_available", "museval_problem", "own_sdr", "score_track",
+    "track_json_path", "save_track_json", "load_track_json", "load_results", "load_scored",
+    "ScoreTable", "summarize", "format_table", "format_comparison",
+]
