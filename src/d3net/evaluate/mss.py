@@ -1,0 +1,157 @@
+"""Evaluate a separation model folder on a MUSDB18(-HQ)-layout subset, as SiSEC / Table 4.
+
+Every track is separated with :class:`d3net.separate.Separator` (the official inference:
+patches, channel flip, one Wiener iteration), scored with
+:func:`d3net.evaluate.sdr.score_track` (museval's BSSEval v4 when it can be imported,
+else the project's own framewise SDR, and the result says which), and summarised as the
+median over 1 s frames, then the median over tracks, for vocals, drums, bass, other,
+accompaniment and their average. Per-track scores go to ``out_dir/<subset>/<track>.json``
+in museval's format; tracks whose file is already there (scored with the same scorer)
+are skipped, so an interrupted evaluation resumes where it stopped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..data import musdb
+from ..errors import D3NetError
+from ..utils import PathLike
+from . import sdr
+
+
+@dataclass
+class MSSEvaluation:
+    """What :func:`evaluate_mss` returns.
+
+    Attributes:
+        table: the Table-4 summary (``str(table)`` is a Markdown table).
+        tracks: track name -> scores (:func:`d3net.evaluate.sdr.score_track`'s form).
+        scorer: ``"museval"`` or ``"own"``.
+        skipped: tracks whose scores were read back from ``out_dir`` instead of computed.
+    """
+
+    table: sdr.ScoreTable
+    tracks: Dict[str, dict]
+    scorer: str
+    skipped: List[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        """The summary table: SDR only with the own scorer, all four metrics with museval."""
+        metrics = sdr.METRICS if self.scorer == "museval" else ("SDR",)
+        return sdr.format_table(self.table, metrics=metrics)
+
+
+def resolve_scorer(scorer: str = "auto") -> tuple[str, Optional[str]]:
+    """``(scorer, note)``: the scorer to use and, when ``auto`` falls back to the own SDR,
+    one line saying why."""
+    if scorer not in ("auto", "museval", "own"):
+        raise D3NetError(f"scorer must be 'auto', 'museval' or 'own', got {scorer!r}")
+    problem = sdr.museval_problem() if scorer in ("auto", "museval") else None
+    if scorer == "museval" and problem:
+        raise D3NetError(problem)
+    if scorer == "auto":
+        if problem:
+            return "own", (f"{problem}; scoring with d3net's own SDR instead (SIR, ISR and SAR "
+                           "are not computed; figures are close to, not equal to, museval's)")
+        return "museval", None
+    return scorer, None
+
+
+def evaluate_mss(root: PathLike, model_dir: PathLike, subset: str = "test",
+                 out_dir: Optional[PathLike] = None, scorer: str = "auto",
+                 progress: bool = True, device: Union[str, torch.device, None] = None,
+                 wiener_iterations: int = 1, track_names: Optional[Sequence[str]] = None,
+                 log: Optional[Callable[[str], None]] = None) -> MSSEvaluation:
+    """Separate and score every track of ``root/<subset>``.
+
+    Args:
+        root: dataset root (MUSDB18-HQ layout, MUSDB18 stem files, or synthetic songs).
+        model_dir: a separation model folder (``<target>.safetensors`` for any of the four
+            targets; e.g. a training run folder) or one model file.
+        subset: ``"test"`` (default) or ``"train"``.
+        out_dir: where the per-track museval JSON files go (``out_dir/<subset>/``);
+            ``None`` writes nothing (and resumes nothing).
+        scorer: ``"auto"`` (museval when importable, else own), ``"museval"`` or ``"own"``.
+        progress: tqdm bars over tracks and patches.
+        device: where the networks run (default: CUDA when available).
+        wiener_iterations: 0 = mixture phase only, 1 = the official filter.
+        track_names: evaluate only these tracks.
+        log: receives informational lines (e.g. which scorer is used); default: none.
+
+    Returns:
+        An :class:`MSSEvaluation`.
+    """
+    from tqdm.auto import tqdm
+
+    from ..separate import Separator
+    from ..train.loop import resolve_device
+
+    say = log or (lambda message: None)
+    if not Path(model_dir).exists():
+        raise D3NetError(f"model not found: {model_dir}")
+    tracks = musdb.list_tracks(root, subset)
+    if track_names is not None:
+        missing = sorted(set(track_names) - {t.name for t in tracks})
+        if missing:
+            raise D3NetError(f"no track(s) {', '.join(missing)} in {Path(root) / subset}")
+        tracks = [t for t in tracks if t.name in set(track_names)]
+    used, note = resolve_scorer(scorer)
+    if note:
+        say(note)
+    else:
+        say(f"scoring with {used}")
+
+    done: Dict[str, dict] = {}
+    if out_dir is not None:
+        for name, scores in sdr.load_results(Path(out_dir) / subset).items():
+            if scores.get("scorer") == used:
+                done[name] = scores
+    pending = [t for t in tracks if t.name not in done]
+    skipped = [t.name for t in tracks if t.name in done]
+    if skipped:
+        say(f"{len(skipped)} of {len(tracks)} track(s) already scored in {out_dir}: skipped")
+
+    results = {name: done[name] for name in skipped}
+    if pending:
+        separator = Separator.from_dir(model_dir, device=resolve_device(device),
+                                       wiener_iterations=wiener_iterations)
+        for track in tqdm(pending, desc=f"evaluating {subset}", unit="track",
+                          disable=not progress):
+            results[track.name] = _score_track(separator, track, used, progress, say)
+            if out_dir is not None:
+                sdr.save_track_json(sdr.track_json_path(out_dir, track.name, subset),
+                                    track.name, results[track.name])
+    ordered = {t.name: results[t.name] for t in tracks}
+    return MSSEvaluation(sdr.summarize(ordered), ordered, used, skipped)
+
+
+def _score_track(separator, track: musdb.MUSDBTrack, scorer: str, progress: bool,
+                 say: Callable[[str], None]) -> dict:
+    """Separate one track and score the targets the separator estimates."""
+    mixture = track.load("mixture")
+    separator.progress = progress
+    with_accompaniment = "vocals" in separator.targets
+    estimates = separator.separate(torch.from_numpy(mixture), track.sample_rate,
+                                   accompaniment=with_accompaniment)
+    references: Dict[str, np.ndarray] = {}
+    for name in estimates:
+        reference = track.load(name)
+        if not np.any(reference):
+            # BSSEval is undefined for a silent source: leave it out of this track's scores
+            say(f"track '{track.name}': the {name} reference is silent; not scored")
+            continue
+        references[name] = reference
+    if not references:
+        raise D3NetError(f"track '{track.name}': every estimated target is silent in the "
+                         "reference; nothing to score")
+    estimates_np = {name: estimates[name].cpu().numpy() for name in references}
+    return sdr.score_track(references, estimates_np, track.sample_rate, scorer=scorer,
+                           accompaniment=False)
+
+
+__all__ = ["MSSEvaluation", "evaluate_mss", "resolve_scorer"]

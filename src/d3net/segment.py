@@ -1,0 +1,465 @@
+"""Semantic segmentation with a D3Net model: image in, class ids and probabilities out.
+
+Inference modes (the ``mode`` of :class:`Segmenter`):
+
+* ``"whole"``: the network sees the whole (rescaled) image at once, as the official
+  inference script does. D3Net is fully convolutional, so any size works; images smaller
+  than :data:`MIN_SIZE` pixels on a side are padded with the mean colour for the pass.
+* ``"slide"``: the network sees overlapping ``crop`` windows placed every ``stride``
+  pixels (the last row and column of windows are moved back to end at the border);
+  logits of overlapping windows are averaged. Bounds memory on large images.
+
+Test-time augmentation: every scale in ``scales`` (the image is resized by that factor,
+half-pixel bilinear) and, with ``flip``, its mirror image, each give logits that are
+resized back to the input size; their softmax probabilities are averaged. ``tta=True``
+is the paper's test setting: scales 0.5, 0.75, 1.0, 1.25, 1.5, 1.75 and flipping.
+
+The official model returns the softmax in test mode, so :meth:`Segmenter.predict_proba`
+at one scale without flipping gives exactly the official output.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .configs import CITYSCAPES_MEAN, CITYSCAPES_STD
+from .errors import D3NetError
+
+PathLike = Union[str, os.PathLike]
+Size = Tuple[int, int]
+
+MODES = ("whole", "slide")
+#: The six test scales of the paper's Cityscapes test table (used with flipping).
+TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+#: Smallest side the network is run on (its output stride is 32); smaller inputs are
+#: padded for the pass and the padding is cut off the output.
+MIN_SIZE = 32
+#: Name of the weights file inside a segmentation model folder (a training run folder).
+MODEL_FILENAME = "model.safetensors"
+LABEL_SUFFIX = "_labelIds.png"
+OVERLAY_SUFFIX = "_overlay.png"
+
+
+def _pair(value: Union[int, Sequence[int]], name: str) -> Size:
+    if isinstance(value, int):
+        value = (value, value)
+    try:
+        height, width = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise D3NetError(f"{name} must be an int or (height, width), got {value!r}") from None
+    if height < 1 or width < 1:
+        raise D3NetError(f"{name} must be positive, got {height}x{width}")
+    return height, width
+
+
+def parse_size(text: str, name: str = "size") -> Size:
+    """``"512x1024"`` (height x width) or ``"512"`` (square) -> ``(512, 1024)``."""
+    parts = str(text).lower().replace(",", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise D3NetError(f"{name} must look like HEIGHTxWIDTH (e.g. 512x1024), "
+                         f"got {text!r}") from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2:
+        raise D3NetError(f"{name} must look like HEIGHTxWIDTH (e.g. 512x1024), got {text!r}")
+    return _pair(values, name)
+
+
+def parse_scales(text: str) -> Tuple[float, ...]:
+    """``"0.5,0.75,1.0"`` -> ``(0.5, 0.75, 1.0)``; every scale must be positive."""
+    try:
+        scales = tuple(float(s) for s in str(text).split(",") if s.strip())
+    except ValueError:
+        raise D3NetError(f"scales must be comma-separated numbers, got {text!r}") from None
+    return _check_scales(scales)
+
+
+def _check_scales(scales: Sequence[float]) -> Tuple[float, ...]:
+    scales = tuple(float(s) for s in scales)
+    if not scales or any(not (s > 0) or s != s or s == float("inf") for s in scales):
+        raise D3NetError(f"scales must be positive numbers, got {list(scales)}")
+    return scales
+
+
+def resolve_model_path(path: PathLike) -> Path:
+    """A segmentation ``--model``: a model file, or a folder holding ``model.safetensors``."""
+    path = Path(path)
+    if path.is_dir():
+        file = path / MODEL_FILENAME
+        if not file.is_file():
+            raise D3NetError(f"{path}: a segmentation model folder must hold {MODEL_FILENAME}")
+        return file
+    if not path.exists():
+        raise D3NetError(f"model not found: {path}")
+    return path
+
+
+def load_segmentation_model(path: PathLike, device: Union[str, torch.device, None] = None
+                            ) -> nn.Module:
+    """Load a segmentation model from a d3net ``.safetensors`` file, a run folder, or an
+    official NNabla ``.h5`` file (config inferred from its parameters); eval mode."""
+    file = resolve_model_path(path)
+    if file.suffix.lower() == ".h5":
+        from .convert import load_nnabla
+        model = load_nnabla(file)
+    else:
+        from .models import load
+        model = load(file)
+    if getattr(getattr(model, "config", None), "task", None) != "seg":
+        raise D3NetError(f"{file}: not a segmentation model (it is a "
+                         f"{getattr(getattr(model, 'config', None), 'task', 'unknown')} model)")
+    model.eval()
+    return model.to(device) if device is not None else model
+
+
+class Segmenter(nn.Module):
+    """Runs a segmentation network on images of any size, with optional test-time
+    augmentation.
+
+    Args:
+        model: a network mapping normalised images ``(N, 3, H, W)`` to logits ``(N,
+            classes, H, W)``, e.g. :class:`d3net.models.D3NetSegmentation`; put in eval mode.
+        device: where to run (default: where the model is).
+        mode: ``"whole"`` or ``"slide"`` (see the module docstring).
+        scales: image scale factors to average over.
+        flip: also average over horizontally mirrored images.
+        tta: shorthand for the paper's test setting (:data:`TTA_SCALES` and ``flip``);
+            overrides ``scales`` and ``flip``.
+        crop: ``(height, width)`` of the sliding windows (``mode="slide"``).
+        stride: step between sliding windows; default two thirds of ``crop``.
+        batch_size: images (whole mode) or windows (slide mode) per network call.
+        progress: show a progress bar over the network calls.
+
+    Example::
+
+        segmenter = Segmenter.from_file("runs/cityscapes", tta=True)
+        labels, probabilities = segmenter.predict_image("frankfurt.png")
+    """
+
+    def __init__(self, model: nn.Module, device: Union[str, torch.device, None] = None,
+                 mode: str = "whole", scales: Sequence[float] = (1.0,), flip: bool = False,
+                 tta: bool = False, crop: Union[int, Sequence[int]] = (1024, 1024),
+                 stride: Union[int, Sequence[int], None] = None, batch_size: int = 1,
+                 progress: bool = False):
+        super().__init__()
+        if mode not in MODES:
+            raise D3NetError(f"unknown inference mode {mode!r}; expected 'whole' or 'slide'")
+        if int(batch_size) < 1:
+            raise D3NetError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.mode = mode
+        self.scales = TTA_SCALES if tta else _check_scales(scales)
+        self.flip = True if tta else bool(flip)
+        self.crop = _pair(crop, "crop")
+        self.stride = (_pair(stride, "stride") if stride is not None
+                       else tuple(max(1, (2 * c) // 3) for c in self.crop))
+        if any(s > c for s, c in zip(self.stride, self.crop)):
+            raise D3NetError(f"stride {self.stride} must not exceed the crop {self.crop} "
+                             "(windows would leave gaps)")
+        self.batch_size = int(batch_size)
+        self.progress = bool(progress)
+        config = getattr(model, "config", None)
+        self.mean = tuple(getattr(config, "mean", CITYSCAPES_MEAN))
+        self.std = tuple(getattr(config, "std", CITYSCAPES_STD))
+        if device is not None:
+            self.model.to(device)
+        self.model.eval()
+
+    @classmethod
+    def from_file(cls, path: PathLike, device: Union[str, torch.device, None] = None,
+                  **kwargs) -> "Segmenter":
+        """A Segmenter for a model file, a run folder (``FOLDER/model.safetensors``) or an
+        official ``.h5``; ``kwargs`` are the other :class:`Segmenter` options."""
+        return cls(load_segmentation_model(path, device), device=device, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        first = next(iter(self.model.parameters()), None)
+        return first.device if first is not None else torch.device("cpu")
+
+    @property
+    def num_classes(self) -> int:
+        return int(getattr(getattr(self.model, "config", None), "num_classes", 19))
+
+    def extra_repr(self) -> str:
+        return (f"mode={self.mode!r}, scales={self.scales}, flip={self.flip}, "
+                f"crop={self.crop}, stride={self.stride}, batch_size={self.batch_size}")
+
+    # ------------------------------------------------------------------ tensors in
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Same as :meth:`predict_proba`."""
+        return self.predict_proba(images)
+
+    @torch.inference_mode()
+    def predict_proba(self, images: Tensor) -> Tensor:
+        """Class probabilities, averaged over the scales and flips.
+
+        Args:
+            images: normalised images ``(N, 3, H, W)`` or one image ``(3, H, W)``.
+        Returns:
+            float32 probabilities ``(N, classes, H, W)`` (or ``(classes, H, W)``) on the
+            input's device; they sum to 1 over the classes.
+        """
+        single = images.dim() == 3
+        images = self._check_images(images)
+        out_device = images.device
+        views = [(scale, flipped) for scale in self.scales
+                 for flipped in ((False, True) if self.flip else (False,))]
+        height, width = images.shape[-2:]
+        total = sum(self._calls(images.shape[0], self._scaled(height, width, s))
+                    for s, _ in views)
+        probabilities: Optional[Tensor] = None
+        with tqdm(total=total, desc="segmenting", unit="batch", disable=not self.progress,
+                  leave=False) as bar:
+            for scale, flipped in views:
+                for start in range(0, images.shape[0], self._images_per_step()):
+                    chunk = images[start:start + self._images_per_step()].to(self.device)
+                    logits = self._view_logits(chunk, scale, flipped, bar)
+                    view = torch.softmax(logits.float(), dim=1).to(out_device)
+                    if probabilities is None:
+                        probabilities = torch.zeros(images.shape[0], *view.shape[1:],
+                                                    device=out_device)
+                    probabilities[start:start + chunk.shape[0]] += view
+        assert probabilities is not None
+        probabilities /= len(views)
+        return probabilities[0] if single else probabilities
+
+    @torch.inference_mode()
+    def predict_logits(self, images: Tensor) -> Tensor:
+        """Log of :meth:`predict_proba`: with one view (one scale, no flip), the network's
+        logits up to a per-pixel constant (``log_softmax``); with several, the log of the
+        averaged probabilities. Same shapes as :meth:`predict_proba`."""
+        return self.predict_proba(images).clamp_min(torch.finfo(torch.float32).tiny).log()
+
+    @torch.inference_mode()
+    def predict(self, images: Tensor) -> Tensor:
+        """Class ids ``(N, H, W)`` (or ``(H, W)`` for one image ``(3, H, W)``), int64."""
+        return self.predict_proba(images).argmax(dim=-3)
+
+    # -------------------------------------------------------------------- images in
+
+    def normalize(self, image: Union[Image.Image, np.ndarray]) -> Tensor:
+        """A PIL image or uint8/uint16 array (any mode :func:`d3net.data.cityscapes.
+        image_to_array` accepts) -> normalised ``(3, H, W)`` float32 with the model's
+        mean/std."""
+        from .data.cityscapes import normalize_image
+        return normalize_image(image, self.mean, self.std)
+
+    def predict_image(self, image: Union[PathLike, Image.Image, np.ndarray]
+                      ) -> Tuple[np.ndarray, Tensor]:
+        """Segment one image given as a path, a PIL image or a numpy array.
+
+        Returns:
+            ``(labels, probabilities)``: uint8 train ids ``(H, W)`` and float32 ``(classes,
+            H, W)`` probabilities on the CPU.
+        """
+        if isinstance(image, (str, os.PathLike)):
+            image = read_image(image)
+        probabilities = self.predict_proba(self.normalize(image)).cpu()
+        return _labels_uint8(probabilities.argmax(0)), probabilities
+
+    def segment_file(self, path: PathLike, out_dir: PathLike,
+                     stem: Optional[str] = None, alpha: float = 0.5) -> Tuple[Path, Path]:
+        """Segment an image file and write ``<stem>_labelIds.png`` (8-bit grayscale train
+        ids) and ``<stem>_overlay.png`` (palette colours blended over the image) into
+        ``out_dir``, each atomically. Returns the two paths."""
+        image = read_image(path)
+        try:
+            labels, _ = self.predict_image(image)
+        except D3NetError as error:
+            raise D3NetError(f"{path}: {error}") from None
+        return write_outputs(image, labels, out_dir, stem or Path(path).stem, alpha=alpha)
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_images(self, images: Tensor) -> Tensor:
+        if not isinstance(images, Tensor):
+            raise D3NetError(f"expected a tensor of images, got {type(images).__name__}")
+        if images.dim() == 3:
+            images = images.unsqueeze(0)
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise D3NetError(f"expected normalised images (N, 3, H, W) or (3, H, W), got shape "
+                             f"{tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise D3NetError(f"expected float images normalised with mean/std, got "
+                             f"{images.dtype} (use Segmenter.normalize or predict_image)")
+        if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
+            raise D3NetError(f"empty image batch of shape {tuple(images.shape)}")
+        return images
+
+    def _images_per_step(self) -> int:
+        return self.batch_size if self.mode == "whole" else 1
+
+    @staticmethod
+    def _scaled(height: int, width: int, scale: float) -> Size:
+        return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+    def _calls(self, count: int, size: Size) -> int:
+        if self.mode == "whole":
+            return -(-count // self.batch_size)
+        return count * -(-len(self._windows(size)) // self.batch_size)
+
+    def _view_logits(self, images: Tensor, scale: float, flipped: bool, bar) -> Tensor:
+        """Logits ``(n, classes, H, W)`` at the input size for one scale/flip view."""
+        size = tuple(images.shape[-2:])
+        x = images.float()
+        if flipped:
+            x = x.flip(-1)
+        scaled = self._scaled(*size, scale)
+        if scaled != size:
+            x = F.interpolate(x, size=scaled, mode="bilinear", align_corners=False)
+        if self.mode == "whole":
+            logits = self._run(x)
+            bar.update()
+        else:
+            logits = self._slide(x, bar)
+        if scaled != size:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits.flip(-1) if flipped else logits
+
+    def _windows(self, size: Size) -> List[Tuple[int, int, int, int]]:
+        """``(top, left, bottom, right)`` of every window covering an image of ``size``."""
+        (height, width), (crop_h, crop_w), (step_h, step_w) = size, self.crop, self.stride
+
+        def starts(length: int, crop: int, step: int) -> List[int]:
+            if length <= crop:
+                return [0]
+            count = -(-(length - crop) // step) + 1
+            return [min(i * step, length - crop) for i in range(count)]
+
+        return [(top, left, min(top + crop_h, height), min(left + crop_w, width))
+                for top in starts(height, crop_h, step_h)
+                for left in starts(width, crop_w, step_w)]
+
+    def _slide(self, image: Tensor, bar) -> Tensor:
+        """Logits of one image ``(1, 3, H, W)`` averaged over overlapping windows."""
+        windows = self._windows(tuple(image.shape[-2:]))
+        logits: Optional[Tensor] = None
+        counts = torch.zeros(1, 1, *image.shape[-2:], device=image.device)
+        for i in range(0, len(windows), self.batch_size):
+            group = windows[i:i + self.batch_size]
+            shapes = {(b - t, r - l) for t, l, b, r in group}
+            if len(shapes) == 1:  # windows of one size go through in one call
+                batch = torch.cat([image[..., t:b, l:r] for t, l, b, r in group])
+                outputs = list(self._run(batch).split(1))
+            else:
+                outputs = [self._run(image[..., t:b, l:r]) for t, l, b, r in group]
+            for (t, l, b, r), out in zip(group, outputs):
+                if logits is None:
+                    logits = torch.zeros(1, out.shape[1], *image.shape[-2:], device=image.device)
+                logits[..., t:b, l:r] += out.float()
+                counts[..., t:b, l:r] += 1
+            bar.update()
+        assert logits is not None
+        return logits / counts
+
+    def _run(self, x: Tensor) -> Tensor:
+        """The network on a batch, padding sides shorter than :data:`MIN_SIZE`."""
+        height, width = x.shape[-2:]
+        pad_h, pad_w = max(0, MIN_SIZE - height), max(0, MIN_SIZE - width)
+        if pad_h or pad_w:  # zeros are the mean colour after normalisation
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        logits = self.model(x)
+        if logits.dim() != 4 or logits.shape[-2:] != x.shape[-2:]:
+            raise D3NetError(f"the model returned shape {tuple(logits.shape)} for input "
+                             f"{tuple(x.shape)}; expected (N, classes, H, W) logits")
+        return logits[..., :height, :width]
+
+
+# ----------------------------------------------------------------------------- files
+
+def read_image(path: PathLike) -> Image.Image:
+    """Open and decode an image file, or raise :class:`D3NetError` naming it."""
+    path = Path(path)
+    if path.is_dir():
+        raise D3NetError(f"{path} is a folder, not an image")
+    from .data.cityscapes import read_image as _read
+    return _read(path)
+
+
+def _labels_uint8(labels: Tensor) -> np.ndarray:
+    array = labels.cpu().numpy()
+    if array.size and array.max() > 255:
+        raise D3NetError(f"class id {int(array.max())} does not fit an 8-bit label PNG")
+    return array.astype(np.uint8)
+
+
+def image_rgb_uint8(image: Union[Image.Image, np.ndarray]) -> np.ndarray:
+    """The image as the network saw it, as RGB uint8 ``(H, W, 3)`` (16-bit scaled down,
+    gray replicated, alpha dropped), for overlays."""
+    from .data.cityscapes import image_to_array
+    return np.clip(np.rint(image_to_array(image)), 0, 255).astype(np.uint8)
+
+
+def write_outputs(image: Union[Image.Image, np.ndarray], labels: np.ndarray,
+                  out_dir: PathLike, stem: str, alpha: float = 0.5) -> Tuple[Path, Path]:
+    """Write ``<stem>_labelIds.png`` and ``<stem>_overlay.png`` into ``out_dir``."""
+    from .palette import overlay
+    from .utils import atomic_path
+
+    out_dir = Path(out_dir)
+    label_path = out_dir / f"{stem}{LABEL_SUFFIX}"
+    overlay_path = out_dir / f"{stem}{OVERLAY_SUFFIX}"
+    blended = overlay(image_rgb_uint8(image), labels, alpha=alpha)
+    with atomic_path(label_path) as tmp:
+        Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="L").save(
+            tmp, format="PNG")
+    with atomic_path(overlay_path) as tmp:
+        Image.fromarray(blended, mode="RGB").save(tmp, format="PNG")
+    return label_path, overlay_path
+
+
+def find_images(inputs: Sequence[PathLike]) -> List[Tuple[Path, str]]:
+    """Expand files and folders into ``(image file, output stem)`` pairs.
+
+    A file gives its own stem; a folder is searched recursively for image files and each
+    keeps its path relative to the folder (``sub/dir/name``), so outputs mirror the
+    folder's layout. Missing inputs, empty folders and two inputs mapping to the same
+    output name are errors.
+    """
+    from .data.cityscapes import IMAGE_EXTENSIONS
+
+    pairs: List[Tuple[Path, str]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file()
+                           and p.suffix.lower() in IMAGE_EXTENSIONS
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not files:
+                raise D3NetError(f"{path}: no image files in this folder "
+                                 f"({', '.join(IMAGE_EXTENSIONS)})")
+            pairs += [(f, f.relative_to(path).with_suffix("").as_posix()) for f in files]
+        elif path.is_file():
+            pairs.append((path, path.stem))
+        else:
+            raise D3NetError(f"input not found: {path}")
+    seen = {}
+    for file, stem in pairs:
+        if stem in seen and seen[stem] != file:
+            raise D3NetError(f"{seen[stem]} and {file} would both be written as {stem}"
+                             f"{LABEL_SUFFIX}; segment them into different output folders")
+        seen[stem] = file
+    return list(dict.fromkeys(pairs))
+
+
+def segment_files(segmenter: Segmenter, inputs: Sequence[PathLike], out_dir: PathLike,
+                  progress: bool = True, alpha: float = 0.5
+                  ) -> Iterator[Tuple[Path, Path, Path]]:
+    """Segment image files and folders into ``out_dir`` (see :func:`find_images`);
+    yields ``(input, label PNG, overlay PNG)`` as each image is done."""
+    pairs = find_images(inputs)
+    for path, stem in tqdm(pairs, desc="segment", unit="image", disable=not progress):
+        label_path, overlay_path = segmenter.segment_file(path, out_dir, stem=stem, alpha=alpha)
+        yield path, label_path, overlay_path
