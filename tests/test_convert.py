@@ -113,6 +113,18 @@ def test_backbone_only_file(official, tmp_path):
     assert torch.equal(model.head.fuse.norm.running_var, torch.ones(264))
 
 
+def test_backbone_file_without_scope(official, tmp_path):
+    full = read_nnabla_h5(official / "seg" / "d3net_s.h5")
+    path = tmp_path / "unscoped.h5"
+    with h5py.File(path, "w") as f:
+        for index, (name, value) in enumerate(
+                (n, v) for n, v in full.items() if n.startswith("backbone/")):
+            f.create_dataset(name[len("backbone/"):], data=value).attrs["index"] = index
+    model = load_nnabla(path)  # preset inferred, backbone-only detected
+    reference = load_nnabla(official / "seg" / "d3net_s.h5", "d3net-s")
+    assert torch.equal(model.backbone.stem.conv1.weight, reference.backbone.stem.conv1.weight)
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "d3net.cli", *map(str, args)],
                           capture_output=True, text=True)

@@ -169,6 +169,15 @@ def seg_name_map(model, backbone_only: bool = False) -> Mapping:
 
 # ----------------------------------------------------------------------------- loading
 
+def _add_backbone_scope(params: "OrderedDict[str, np.ndarray]") -> "OrderedDict[str, np.ndarray]":
+    """ImageNet backbone files may be saved without the ``backbone/`` scope (the official
+    training loads them inside ``parameter_scope('backbone')``): add it back."""
+    if "conv1/conv/W" in params and not any(n.startswith(("backbone/", "decode_head/"))
+                                           for n in params):
+        return OrderedDict((f"backbone/{n}", v) for n, v in params.items())
+    return params
+
+
 def _scope_of(params: Dict[str, np.ndarray]) -> str:
     return next(iter(params)).split("/", 1)[0]
 
@@ -230,7 +239,7 @@ def load_nnabla(path: PathLike, config=None, task: Optional[str] = None,
     """
     from .models import create
 
-    params = read_nnabla_h5(path)
+    params = _add_backbone_scope(read_nnabla_h5(path))
     original = params
     target = None
     if config is None:

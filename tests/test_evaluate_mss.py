@@ -1,0 +1,170 @@
+"""``evaluate_mss`` / ``d3net evaluate mss``: separate, score, per-track JSON, resume, table."""
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from d3net import models
+from d3net.data import musdb
+from d3net.data.synth_music import generate_dataset
+from d3net.errors import D3NetError
+from d3net.evaluate import mss as evaluate_module
+from d3net.evaluate import sdr
+from d3net.evaluate.mss import evaluate_mss, resolve_scorer
+from d3net.train.mss import official_init_
+
+# the tiny MSS of tests/test_train_mss.py (one-layer D3 blocks, ~10k parameters)
+TINY = {
+    "task": "mss", "target": "vocals", "name": "mss-tiny", "band_split": [256],
+    "valid_bins": 1600,
+    "bands": [{"init_features": 4, "num_layers": [1, 1, 1], "growth_rate": [4, 4, 4],
+               "num_blocks": [1, 1, 1]},
+              {"init_features": 4, "num_layers": [1, 1, 1], "growth_rate": [2, 2, 2],
+               "num_blocks": [1, 1, 1]}],
+    "full": {"init_features": 4, "num_layers": [1, 1, 1], "growth_rate": [4, 4, 4],
+             "num_blocks": [1, 1, 1]},
+    "final_growth_rate": 4, "final_num_layers": 2,
+    "patch_length": 16, "test_patch_len": 16, "out_shift": 8,
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth-musdb")
+    generate_dataset(root, subsets={"train": 1, "test": 2}, seconds=1.5, seed=11, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_dir(data, tmp_path_factory):
+    """Untrained tiny vocals and drums models (official init, real input statistics)."""
+    folder = tmp_path_factory.mktemp("models")
+    mean, scale = musdb.compute_input_stats(musdb.list_tracks(data, "train"), progress=False)
+    torch.manual_seed(0)
+    for target in ("vocals", "drums"):
+        model = official_init_(models.create(dict(TINY, target=target)))
+        model.set_input_stats(mean, scale)
+        models.save(model, folder / f"{target}.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scored(data, model_dir, tmp_path_factory):
+    """One evaluation of the test subset with the own scorer, shared by the tests."""
+    out = tmp_path_factory.mktemp("scores")
+    lines = []
+    result = evaluate_mss(data, model_dir, out_dir=out, scorer="own", progress=False,
+                          log=lines.append)
+    return out, result, lines
+
+
+def test_scores_every_track_writes_json_and_summarises(data, scored):
+    out, result, lines = scored
+    assert lines == ["scoring with own"]
+    names = [t.name for t in musdb.list_tracks(data, "test")]
+    assert list(result.tracks) == names and result.skipped == [] and result.scorer == "own"
+    for name in names:
+        scores = sdr.load_track_json(out / "test" / f"{name}.json")
+        assert scores["scorer"] == "own"
+        assert set(scores["frames"]) == {"vocals", "drums", "accompaniment"}
+        assert len(scores["frames"]["vocals"]["SDR"]) == 1  # 1.5 s: one 1 s frame
+    table = result.table
+    for column in ("vocals", "drums", "accompaniment", "average"):
+        assert math.isfinite(table["SDR"][column]), column
+    assert math.isnan(table["SDR"]["bass"]) and math.isnan(table["SDR"]["other"])
+    assert table["SDR"]["average"] == pytest.approx(
+        (table["SDR"]["vocals"] + table["SDR"]["drums"]) / 2)
+    text = result.format()
+    for header in ("Vocals", "Drums", "Bass", "Other", "Acco.", "Avg."):
+        assert header in text
+    assert "scorer: own" in text and "SIR" not in text
+    # median over tracks of the per-track medians
+    per_track = [result.tracks[n]["median"]["vocals"]["SDR"] for n in names]
+    assert table["SDR"]["vocals"] == pytest.approx(float(np.median(per_track)))
+
+
+def test_resumes_and_skips_tracks_already_scored(data, model_dir, scored, tmp_path,
+                                                 monkeypatch):
+    out = tmp_path / "scores"
+    shutil.copytree(scored[0], out)
+    first = scored[1]
+    names = list(first.tracks)
+
+    # everything scored: the models are not even loaded
+    def no_separator(*args, **kwargs):
+        raise AssertionError("nothing should be separated")
+
+    from d3net import separate
+    monkeypatch.setattr(separate.Separator, "from_dir", no_separator)
+    again = evaluate_mss(data, model_dir, out_dir=out, scorer="own", progress=False)
+    assert again.skipped == names
+    # read back from the JSON files, rounded to 5 decimals as museval writes them
+    assert again.table.values["SDR"] == pytest.approx(first.table.values["SDR"], abs=1e-4,
+                                                      nan_ok=True)
+    monkeypatch.undo()
+
+    # one file lost (interrupted run): only that track is separated again
+    (out / "test" / f"{names[1]}.json").unlink()
+    calls = []
+    real = evaluate_module._score_track
+    monkeypatch.setattr(evaluate_module, "_score_track",
+                        lambda sep, track, *a: calls.append(track.name) or real(sep, track, *a))
+    third = evaluate_mss(data, model_dir, out_dir=out, scorer="own", progress=False)
+    assert calls == [names[1]] and third.skipped == [names[0]]
+    assert (out / "test" / f"{names[1]}.json").is_file()
+
+
+def test_auto_scorer_falls_back_and_says_so(monkeypatch):
+    monkeypatch.setattr(sdr, "museval_problem", lambda: "museval cannot be imported (no ffmpeg)")
+    scorer, note = resolve_scorer("auto")
+    assert scorer == "own" and "no ffmpeg" in note and "own SDR" in note
+    with pytest.raises(D3NetError, match="no ffmpeg"):
+        resolve_scorer("museval")
+    with pytest.raises(D3NetError, match="scorer must be"):
+        resolve_scorer("bsseval")
+
+
+def test_museval_scores_when_available(data, model_dir, tmp_path):
+    if not sdr.museval_available():
+        pytest.skip(f"museval unusable here: {sdr.museval_problem()}")
+    name = musdb.list_tracks(data, "test")[0].name
+    result = evaluate_mss(data, model_dir, out_dir=tmp_path, scorer="auto", progress=False,
+                          track_names=[name])
+    assert result.scorer == "museval"
+    scores = sdr.load_track_json(tmp_path / "test" / f"{name}.json")
+    assert scores["scorer"] == "museval"
+    assert math.isfinite(scores["median"]["vocals"]["SIR"])  # museval fills all four metrics
+    assert "SIR" in result.format()
+
+
+def test_cli_prints_the_table(data, model_dir, tmp_path, capsys, monkeypatch):
+    from d3net.cli import evaluate as evaluate_cli
+
+    parser = argparse.ArgumentParser(prog="d3net")
+    evaluate_cli.register(parser.add_subparsers(dest="command"))
+    name = musdb.list_tracks(data, "test")[0].name
+    args = parser.parse_args(["evaluate", "mss", "--root", str(data), "--model", str(model_dir),
+                              "--out", str(tmp_path / "s"), "--scorer", "own", "--tracks", name,
+                              "-q"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "| Metric (dB)" in printed and "Vocals" in printed and "scorer: own" in printed
+    assert "over 1 track;" in printed and (tmp_path / "s" / "test" / f"{name}.json").is_file()
+
+    monkeypatch.delenv("D3NET_MODEL", raising=False)
+    args = parser.parse_args(["evaluate", "mss", "--root", str(data), "--scorer", "own"])
+    with pytest.raises(D3NetError, match="no model given"):
+        args.func(args)
+    args = parser.parse_args(["evaluate", "mss", "--root", str(data), "--model",
+                              str(tmp_path / "nothing"), "--scorer", "own", "-q"])
+    with pytest.raises(D3NetError, match="model not found"):
+        args.func(args)
+    args = parser.parse_args(["evaluate", "mss", "--root", str(data), "--model", str(model_dir),
+                              "--tracks", "no-such-song", "-q"])
+    with pytest.raises(D3NetError, match="no track.*no-such-song"):
+        args.func(args)
