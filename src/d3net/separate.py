@@ -1,0 +1,331 @@
+"""Music source separation with one D3Net per target: waveform in, stems out.
+
+The pipeline follows the official D3Net inference, top to bottom:
+
+1. resample to 44.1 kHz (soxr) when needed; mono is duplicated to stereo;
+2. STFT (:mod:`d3net.audio.spectral`) and its magnitude;
+3. per target, the network over overlapping patches of ``test_patch_len`` frames shifted by
+   ``out_shift`` (half a patch), each patch also run with the stereo channels swapped and
+   the two results averaged ("channel flip"), overlap-added without a window;
+4. the estimates get the mixture phase and go through the multichannel Wiener filter
+   (:mod:`d3net.audio.wiener`), with a residual source when the models do not cover all
+   of vocals, drums, bass and other;
+5. iSTFT to the input's length, resampling back to the input's rate and channel count.
+
+Unlike the official code, the patches of a song are run in batches (the flipped copies in
+the same batch), and the overlap-add divides each frame by the number of patches that
+really cover it. The official code divides every frame by ``test_patch_len / out_shift``,
+which halves the last frames of a song covered by one patch only; ``compat="official"``
+reproduces that exactly (used by the parity tests).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Iterator, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from d3net.audio import io, spectral
+from d3net.audio.wiener import wiener
+from d3net.errors import D3NetError
+
+TARGETS = ("vocals", "drums", "bass", "other")
+COMPAT_MODES = (None, "official")
+
+
+class Separator(nn.Module):
+    """Separates songs with one magnitude network per target.
+
+    Args:
+        models: target name -> network mapping a magnitude ``(batch, 2, 2049, frames)`` to
+            the same shape; each has a ``.config`` with ``test_patch_len`` and
+            ``out_shift``.
+        wiener_iterations: 0 = magnitudes with the mixture phase, 1 = the official
+            multichannel Wiener filter, more = EM iterations.
+        channel_flip: also run every patch with the stereo channels swapped and average.
+        compat: ``None`` (default) or ``"official"`` to reproduce the official
+            overlap-add normalisation exactly, quirk included.
+        batch_size: patches per network call (the flipped copies come on top), bounding
+            the network's memory whatever the song's length.
+        device: where the networks and the signal processing run (default: where the
+            models are).
+        progress: show a progress bar over the patches.
+
+    Example::
+
+        separator = Separator.from_dir("models/d3net", device="cuda")
+        stems = separator.separate(waveform, 44100)   # {"vocals": (channels, samples), ...}
+    """
+
+    def __init__(self, models: Mapping[str, nn.Module], wiener_iterations: int = 1,
+                 channel_flip: bool = True, compat: Optional[str] = None, batch_size: int = 8,
+                 device: Union[str, torch.device, None] = None, progress: bool = False):
+        super().__init__()
+        if not models:
+            raise D3NetError("a Separator needs at least one target model")
+        if compat not in COMPAT_MODES:
+            raise D3NetError(f"unknown compat mode {compat!r}; expected 'official' or none")
+        if wiener_iterations < 0:
+            raise D3NetError(f"wiener_iterations must be >= 0, got {wiener_iterations}")
+        if batch_size < 1:
+            raise D3NetError(f"batch_size must be >= 1, got {batch_size}")
+        for target, model in models.items():
+            patch, shift = _patching(target, model)
+            if patch % shift:
+                raise D3NetError(f"model {target}: test_patch_len {patch} is not a multiple "
+                                 f"of out_shift {shift}")
+        self.models = nn.ModuleDict(dict(models))
+        self.wiener_iterations = int(wiener_iterations)
+        self.channel_flip = bool(channel_flip)
+        self.compat = compat
+        self.batch_size = int(batch_size)
+        self.progress = bool(progress)
+        if device is None:
+            first = next(iter(self.models.parameters()), None)
+            device = first.device if first is not None else "cpu"
+        self._device = torch.device(device)
+        self.to(self._device)
+        self.eval()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the networks run (follows ``.to(...)``)."""
+        first = next(iter(self.models.parameters()), None)
+        return first.device if first is not None else self._device
+
+    @property
+    def targets(self) -> list[str]:
+        """The targets this separator estimates, in order."""
+        return list(self.models.keys())
+
+    @property
+    def needs_residual(self) -> bool:
+        """Whether the Wiener filter gets a residual source (some of the four missing)."""
+        return not set(TARGETS) <= set(self.targets)
+
+    @classmethod
+    def from_dir(cls, path: Union[str, os.PathLike], device: Union[str, torch.device, None] = None,
+                 targets: Optional[Sequence[str]] = None, **kwargs) -> "Separator":
+        """Load every ``<target>.safetensors`` of a separation model folder.
+
+        Args:
+            path: a separation model folder (or a single target's model file).
+            device: where to run.
+            targets: restrict to these targets (default: all present in the folder).
+            **kwargs: the other :class:`Separator` options.
+        """
+        from d3net import models as model_io
+
+        path = Path(path)
+        if not path.exists():
+            raise D3NetError(f"model not found: {path}")
+        if path.is_file():
+            model = model_io.load(path, device=device)
+            files = {_model_target(model, path): path}
+            loaded = {_model_target(model, path): model}
+        else:
+            files = {t: path / f"{t}.safetensors" for t in TARGETS
+                     if (path / f"{t}.safetensors").is_file()}
+            if not files:
+                raise D3NetError(
+                    f"{path}: no separation model found (expected <target>.safetensors for "
+                    f"some of {', '.join(TARGETS)})")
+            loaded = {}
+        if targets is not None:
+            missing = [t for t in targets if t not in files]
+            if missing:
+                raise D3NetError(f"{path}: no model for target(s) {', '.join(missing)}; "
+                                 f"available: {', '.join(files)}")
+            files = {t: files[t] for t in targets}
+        models = {}
+        for target, file in files.items():
+            model = loaded[target] if target in loaded else model_io.load(file, device=device)
+            _model_target(model, file)
+            models[target] = model
+        return cls(models, device=device, **kwargs)
+
+    def forward(self, waveform: Tensor, sample_rate: int = spectral.SAMPLE_RATE) -> Dict[str, Tensor]:
+        """Same as :meth:`separate`."""
+        return self.separate(waveform, sample_rate)
+
+    def separate(self, waveform: Tensor, sample_rate: int,
+                 accompaniment: bool = False) -> Dict[str, Tensor]:
+        """Separate a song.
+
+        Args:
+            waveform: ``(channels, samples)`` with 1 or 2 channels (or ``(samples,)``).
+            sample_rate: the waveform's rate in Hz; any rate (resampled to 44.1 kHz inside).
+            accompaniment: also return ``"accompaniment"``: everything but the vocals,
+                i.e. drums + bass + other when all four are estimated; with a vocals-only
+                model, the residual.
+
+        Returns:
+            target -> float32 ``(channels, samples)`` at the input's rate, length, channel
+            count and device.
+        """
+        waveform = _check_waveform(waveform, sample_rate)
+        if accompaniment and "vocals" not in self.targets:
+            raise D3NetError("the accompaniment needs a vocals model (it is the mixture "
+                             "minus the vocals)")
+        channels, length = waveform.shape
+        names = self.targets + (["accompaniment"] if accompaniment else [])
+        if not waveform.any():  # silent in, silent out (the networks' biases are not)
+            return {name: torch.zeros(channels, length, device=waveform.device)
+                    for name in names}
+
+        audio = io.resample(waveform.detach().float().cpu(), sample_rate, spectral.SAMPLE_RATE)
+        audio = audio.to(self.device)
+        if channels == 1:
+            audio = audio.expand(2, -1)
+        mixture = spectral.stft(audio)                                  # (2, bins, frames)
+        magnitudes = self.separate_magnitudes(spectral.magnitude(mixture))
+        estimates = wiener(torch.stack([magnitudes[t] for t in self.targets]), mixture,
+                           iterations=self.wiener_iterations, residual=self.needs_residual)
+        stems = spectral.istft(estimates, length=audio.shape[-1])       # (sources, 2, samples)
+
+        outputs = {t: stems[i] for i, t in enumerate(self.targets)}
+        if accompaniment:
+            rest = [stems[i] for i, t in enumerate(self.targets) if t != "vocals"]
+            if self.needs_residual:
+                rest.append(stems[len(self.targets)])
+            outputs["accompaniment"] = torch.stack(rest).sum(0)
+        return {name: self._to_input_format(stem, channels, length, sample_rate, waveform.device)
+                for name, stem in outputs.items()}
+
+    @staticmethod
+    def _to_input_format(stem: Tensor, channels: int, length: int, sample_rate: int,
+                         device: torch.device) -> Tensor:
+        """``(2, samples at 44.1 kHz)`` -> ``(channels, length)`` at ``sample_rate``."""
+        stem = io.resample(stem.float().cpu(), spectral.SAMPLE_RATE, sample_rate)
+        if stem.shape[-1] >= length:
+            stem = stem[:, :length]
+        else:  # resampling may round one sample short
+            stem = torch.nn.functional.pad(stem, (0, length - stem.shape[-1]))
+        if channels == 1:
+            stem = stem.mean(dim=0, keepdim=True)
+        return stem.contiguous().to(device)
+
+    @torch.inference_mode()
+    def separate_magnitudes(self, magnitude: Tensor) -> Dict[str, Tensor]:
+        """Run every target's network over a song's magnitude spectrogram.
+
+        This is the official ``model_separate``: zero padding, patches, channel flip,
+        overlap-add, normalisation (see the module docstring for ``compat``).
+
+        Args:
+            magnitude: ``(2, bins, frames)`` mixture magnitude.
+
+        Returns:
+            target -> ``(2, bins, frames)`` float32 magnitude estimate.
+        """
+        if magnitude.dim() != 3 or magnitude.shape[0] != 2:
+            raise D3NetError(f"expected a stereo magnitude (2, bins, frames), got shape "
+                             f"{tuple(magnitude.shape)}")
+        magnitude = magnitude.to(self.device, torch.float32)
+        plans = {t: _PatchPlan(magnitude.shape[-1], *_patching(t, m))
+                 for t, m in self.models.items()}
+        total = sum(-(-plan.patches // self.batch_size) for plan in plans.values())
+        with tqdm(total=total, desc="separating", unit="batch", disable=not self.progress,
+                  leave=False) as bar:
+            return {target: self._overlap_add(self.models[target], magnitude, plans[target], bar)
+                    for target in self.targets}
+
+    def _overlap_add(self, model: nn.Module, magnitude: Tensor, plan: "_PatchPlan",
+                     bar: tqdm) -> Tensor:
+        patch, shift = plan.patch, plan.shift
+        padded = torch.nn.functional.pad(magnitude, (plan.front, plan.back))
+        output = torch.zeros(*magnitude.shape[:2], plan.buffer, device=magnitude.device)
+        for starts in _chunks(range(0, plan.patches * shift, shift), self.batch_size):
+            batch = torch.stack([padded[..., s:s + patch] for s in starts])
+            for start, estimate in zip(starts, self._run(model, batch)):
+                output[..., start:start + patch] += estimate
+            bar.update()
+        output = output[..., plan.front:plan.front + plan.frames]
+        if self.compat == "official":
+            return output / plan.scale
+        return output / plan.coverage(magnitude.device)
+
+    def _run(self, model: nn.Module, batch: Tensor) -> Tensor:
+        """Network output ``(patches, 2, bins, patch)``, averaged with the flipped copies."""
+        if not self.channel_flip:
+            return model(batch)
+        count = batch.shape[0]
+        out = model(torch.cat([batch, batch.flip(1)]))
+        return (out[:count] + out[count:].flip(1)) * 0.5
+
+
+class _PatchPlan:
+    """Frame bookkeeping of the official overlap-add helper for one target.
+
+    The frames are padded with ``shift * (scale - 1)`` zeros in front and, behind, up to a
+    whole number of patches plus one more (``scale * shift``) zeros; patches start every
+    ``shift`` frames, ``(frames + zmod) / shift`` of them.
+    """
+
+    def __init__(self, frames: int, patch: int, shift: int):
+        self.frames, self.patch, self.shift = frames, patch, shift
+        self.scale = patch // shift
+        zmod = patch - frames % patch
+        self.patches = (frames + zmod) // shift
+        self.front = shift * (self.scale - 1)
+        self.back = zmod + shift * self.scale
+        self.buffer = self.front + frames + self.back
+
+    def coverage(self, device: torch.device) -> Tensor:
+        """How many patches cover each of the song's frames, ``(frames,)``."""
+        counts = torch.zeros(self.buffer, device=device)
+        for start in range(0, self.patches * self.shift, self.shift):
+            counts[start:start + self.patch] += 1
+        return counts[self.front:self.front + self.frames]
+
+
+def _patching(target: str, model: nn.Module) -> tuple[int, int]:
+    config = getattr(model, "config", None)
+    try:
+        patch, shift = int(config.test_patch_len), int(config.out_shift)
+    except (AttributeError, TypeError, ValueError):
+        raise D3NetError(f"model {target}: needs a .config with test_patch_len and "
+                         "out_shift (is it a music separation model?)") from None
+    if patch <= 0 or shift <= 0 or shift > patch:
+        raise D3NetError(f"model {target}: invalid test_patch_len {patch} / out_shift {shift}")
+    return patch, shift
+
+
+def _model_target(model: nn.Module, path: Path) -> str:
+    config = getattr(model, "config", None)
+    if getattr(config, "task", None) != "mss":
+        raise D3NetError(f"{path}: not a music separation model (it is a "
+                         f"{getattr(config, 'task', 'unknown')} model)")
+    return str(getattr(config, "target", path.stem))
+
+
+def _check_waveform(waveform: Tensor, sample_rate: int) -> Tensor:
+    if not isinstance(waveform, Tensor):
+        waveform = torch.as_tensor(waveform)
+    if waveform.dim() == 1:
+        waveform = waveform.unsqueeze(0)
+    if waveform.dim() != 2:
+        raise D3NetError(f"expected a waveform (channels, samples), got shape "
+                         f"{tuple(waveform.shape)}")
+    channels, samples = waveform.shape
+    if channels not in (1, 2):
+        raise D3NetError(f"expected mono or stereo audio, got {channels} channels "
+                         "(downmix it to stereo first)")
+    if samples == 0:
+        raise D3NetError("the audio has no samples (zero length)")
+    if not int(sample_rate) > 0:
+        raise D3NetError(f"invalid sample rate {sample_rate}")
+    if not waveform.is_floating_point():
+        raise D3NetError(f"expected a floating-point waveform, got {waveform.dtype}")
+    if not torch.isfinite(waveform).all():
+        raise D3NetError("the audio contains NaN or infinite samples")
+    return waveform
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
+    items = list(items)
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

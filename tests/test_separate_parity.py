@@ -1,0 +1,119 @@
+"""End-to-end parity with the official NNabla inference (fixtures made with random weights).
+
+The four official ``.h5`` files are converted, the fixture mixture separated with
+``compat="official"`` through :meth:`Separator.separate`, and every target compared with the
+official pipeline's output: magnitudes after the patch overlap-add (relative error <= 1e-4)
+and audio after the Wiener filter and iSTFT (<= 1e-3, over the official output's length,
+which is 408 samples shorter than the input: the official iSTFT is not given the length).
+Relative error is ``max|ours - ref| / max|ref|``.
+
+A handful of magnitude elements are ill-conditioned with these random weights and are
+allowed to differ (at most ``MAX_FLIPPED`` per target, out of about 1.06 million): the
+output gate ``sigmoid(g) * f`` sees pre-activations ``g`` around 1e10 whose sum cancels to
+about 1e5, i.e. to float32 rounding level, so the gate's sign, and with it whether the
+element is ~1e10 or the bare ``decode_bias``, is decided by rounding order. For vocals
+(bin 907, frame 225) a float64 forward of our port gives the official value (gate -1.3e5);
+our float32 forward gives +1.4e5. Every other element agrees to ~5e-6. Such an element
+moves a whole STFT bin between targets in the Wiener filter, which the audio tolerance
+absorbs (we measured up to 7e-4).
+
+The network dominates the run time (four full-size models over 6 s of audio, several
+minutes on two CPU cores), so those tests are marked slow and the magnitudes are captured
+during the one ``separate`` call. The audio half of the pipeline (Wiener filter and iSTFT
+from the official magnitudes) is checked on its own, quickly and much more tightly.
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from d3net.audio import spectral
+from d3net.audio.wiener import wiener
+from d3net.separate import TARGETS, Separator
+
+FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "official" / "mss"
+MAX_FLIPPED = 4
+
+
+def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+def fixture(name: str) -> np.ndarray:
+    path = FIXTURES / name
+    if not path.exists():
+        pytest.skip(f"official fixture not found: {path}")
+    return np.load(path)
+
+
+def official_magnitude(target: str) -> np.ndarray:
+    """``e2e_<target>_mag.npy`` as ``(channels, bins, frames)``."""
+    return fixture(f"e2e_{target}_mag.npy").transpose(1, 2, 0)
+
+
+def official_audio(target: str) -> np.ndarray:
+    """``e2e_<target>_audio.npy`` as ``(channels, samples)``."""
+    return fixture(f"e2e_{target}_audio.npy").T
+
+
+def test_wiener_and_istft_from_official_magnitudes():
+    mixture = torch.from_numpy(fixture("e2e_mixture.npy").T.copy())
+    spec = spectral.stft(mixture)
+    magnitudes = torch.stack([torch.from_numpy(official_magnitude(t).copy()) for t in TARGETS])
+    stems = spectral.istft(wiener(magnitudes, spec, iterations=1), length=mixture.shape[-1])
+    for target, stem in zip(TARGETS, stems.numpy()):
+        ref = official_audio(target)
+        assert relative_error(stem[:, :ref.shape[1]], ref) < 1e-5, target
+
+
+@pytest.fixture(scope="module")
+def official_run():
+    convert = pytest.importorskip("d3net.convert")
+    mixture = torch.from_numpy(fixture("e2e_mixture.npy").T.copy())
+    for target in TARGETS:
+        if not (FIXTURES / f"{target}.h5").exists():
+            pytest.skip(f"official fixture not found: {FIXTURES / f'{target}.h5'}")
+    models = {t: convert.load_nnabla(FIXTURES / f"{t}.h5", f"mss-{t}") for t in TARGETS}
+    separator = Separator(models, compat="official", device="cpu")
+
+    captured = {}
+    separate_magnitudes = separator.separate_magnitudes
+
+    def capture(magnitude):
+        captured.update(separate_magnitudes(magnitude))
+        return captured
+
+    separator.separate_magnitudes = capture
+    stems = separator.separate(mixture, 44100)
+    return mixture, captured, stems
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", TARGETS)
+def test_magnitudes_match_official(official_run, target):
+    _, magnitudes, _ = official_run
+    ref = official_magnitude(target)
+    ours = magnitudes[target].numpy()
+    assert ours.shape == ref.shape
+    error = np.abs(ours - ref) / np.abs(ref).max()
+    flipped = error > 1e-4
+    assert flipped.sum() <= MAX_FLIPPED, f"{flipped.sum()} elements off: {np.argwhere(flipped)}"
+    assert error[~flipped].max() <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", TARGETS)
+def test_audio_matches_official(official_run, target):
+    mixture, _, stems = official_run
+    ref = official_audio(target)
+    ours = stems[target].numpy()
+    assert ours.shape == mixture.shape
+    assert relative_error(ours[:, :ref.shape[1]], ref) <= 1e-3
+
+
+@pytest.mark.slow
+def test_stems_add_up_to_the_mixture(official_run):
+    mixture, _, stems = official_run
+    total = torch.stack([stems[t] for t in TARGETS]).sum(0)
+    assert (total - mixture).abs().max() < 1e-5
