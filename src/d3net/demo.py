@@ -33,11 +33,14 @@ def bundled_model_dir() -> Path:
 
 def run_demo(out: Union[str, os.PathLike], seed: int = FIRST_DEMO_SEED,
              seconds: float = DEMO_SECONDS, device: Optional[str] = None,
-             progress: bool = True) -> Dict[str, object]:
+             progress: bool = True, scorer: str = "auto") -> Dict[str, object]:
     """Generate a song, separate it, write audio + a spectrogram figure, score it.
 
     Writes ``out/mixture.wav``, ``out/true/<target>.wav``, ``out/estimates/<target>.wav``
     and ``out/spectrograms.png``.
+
+    ``scorer``: "auto" (museval when it can be imported, else d3net's own SDR), "museval"
+    or "own".
 
     Returns:
         ``{"scorer": "museval" | "own", "sdr": {target: median SDR (dB)},
@@ -65,7 +68,7 @@ def run_demo(out: Union[str, os.PathLike], seed: int = FIRST_DEMO_SEED,
         io.save(out / "estimates" / f"{t}.wav", torch.from_numpy(estimates[t]), sample_rate)
     plot_spectrograms(out / "spectrograms.png", mixture, truth, estimates, sample_rate)
 
-    scores = score_track(truth, estimates, sample_rate=sample_rate, scorer="auto")
+    scores = score_track(truth, estimates, sample_rate=sample_rate, scorer=scorer)
     baseline = score_track(truth, {t: mixture for t in TARGETS}, sample_rate=sample_rate,
                            scorer=scores["scorer"])
     return {"scorer": scores["scorer"],
