@@ -17,3 +17,20 @@ def official() -> Path:
     if not OFFICIAL.is_dir():
         pytest.skip(f"official fixtures not found at {OFFICIAL} (../shared beside the repo)")
     return OFFICIAL
+
+
+# A D3Net MSS with one-layer D3 blocks: the official structure (two bands + full band,
+# encoder-decoders, final D2 block, gated output) at ~10k parameters. Shared by the
+# training, evaluation and DDP tests.
+TINY_MSS = {
+    "task": "mss", "target": "vocals", "name": "mss-tiny", "band_split": [256],
+    "valid_bins": 1600,
+    "bands": [{"init_features": 4, "num_layers": [1, 1, 1], "growth_rate": [4, 4, 4],
+               "num_blocks": [1, 1, 1]},
+              {"init_features": 4, "num_layers": [1, 1, 1], "growth_rate": [2, 2, 2],
+               "num_blocks": [1, 1, 1]}],
+    "full": {"init_features": 4, "num_layers": [1, 1, 1], "growth_rate": [4, 4, 4],
+             "num_blocks": [1, 1, 1]},
+    "final_growth_rate": 4, "final_num_layers": 2,
+    "patch_length": 16, "test_patch_len": 16, "out_shift": 8,
+}

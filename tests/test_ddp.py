@@ -18,18 +18,7 @@ import yaml
 from d3net import models
 from d3net.data.synth_music import generate_dataset
 
-TINY = {
-    "task": "mss", "target": "vocals", "name": "mss-tiny", "band_split": [256],
-    "valid_bins": 1600,
-    "bands": [{"init_features": 4, "num_layers": [1, 1, 1], "growth_rate": [4, 4, 4],
-               "num_blocks": [1, 1, 1]},
-              {"init_features": 4, "num_layers": [1, 1, 1], "growth_rate": [2, 2, 2],
-               "num_blocks": [1, 1, 1]}],
-    "full": {"init_features": 4, "num_layers": [1, 1, 1], "growth_rate": [4, 4, 4],
-             "num_blocks": [1, 1, 1]},
-    "final_growth_rate": 4, "final_num_layers": 2,
-    "patch_length": 16, "test_patch_len": 16, "out_shift": 8,
-}
+from conftest import TINY_MSS as TINY
 
 WORKER = r'''
 import json, os, sys

@@ -18,19 +18,7 @@ from d3net.evaluate import sdr
 from d3net.evaluate.mss import evaluate_mss, resolve_scorer
 from d3net.train.mss import official_init_
 
-# the tiny MSS of tests/test_train_mss.py (one-layer D3 blocks, ~10k parameters)
-TINY = {
-    "task": "mss", "target": "vocals", "name": "mss-tiny", "band_split": [256],
-    "valid_bins": 1600,
-    "bands": [{"init_features": 4, "num_layers": [1, 1, 1], "growth_rate": [4, 4, 4],
-               "num_blocks": [1, 1, 1]},
-              {"init_features": 4, "num_layers": [1, 1, 1], "growth_rate": [2, 2, 2],
-               "num_blocks": [1, 1, 1]}],
-    "full": {"init_features": 4, "num_layers": [1, 1, 1], "growth_rate": [4, 4, 4],
-             "num_blocks": [1, 1, 1]},
-    "final_growth_rate": 4, "final_num_layers": 2,
-    "patch_length": 16, "test_patch_len": 16, "out_shift": 8,
-}
+from conftest import TINY_MSS as TINY
 
 
 @pytest.fixture(scope="module")

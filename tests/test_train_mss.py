@@ -19,20 +19,7 @@ from d3net.train import loop
 from d3net.train import mss as train_mss_module
 from d3net.train.mss import MSSHyperParams, official_init_, train_mss
 
-# A D3Net MSS with one-layer D3 blocks: the official structure (two bands + full band,
-# encoder-decoders, final D2 block, gated output) at ~10k parameters.
-TINY = {
-    "task": "mss", "target": "vocals", "name": "mss-tiny", "band_split": [256],
-    "valid_bins": 1600,
-    "bands": [{"init_features": 4, "num_layers": [1, 1, 1], "growth_rate": [4, 4, 4],
-               "num_blocks": [1, 1, 1]},
-              {"init_features": 4, "num_layers": [1, 1, 1], "growth_rate": [2, 2, 2],
-               "num_blocks": [1, 1, 1]}],
-    "full": {"init_features": 4, "num_layers": [1, 1, 1], "growth_rate": [4, 4, 4],
-             "num_blocks": [1, 1, 1]},
-    "final_growth_rate": 4, "final_num_layers": 2,
-    "patch_length": 16, "test_patch_len": 16, "out_shift": 8,
-}
+from conftest import TINY_MSS as TINY
 # 0.4 s excerpts = 18 STFT frames, 16-frame patches; 2 training tracks x 2 excerpts in
 # batches of 2 = 2 steps per epoch; synth-002 held out for validation
 FAST = dict(batch_size=2, lr=1e-2, lr_scaling=False, samples_per_track=2, excerpt_seconds=0.4,

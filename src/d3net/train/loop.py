@@ -24,6 +24,7 @@ Rules every recipe follows: only rank 0 writes files (``dist.is_main``); collect
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -491,3 +492,24 @@ __all__ = [
     "checkpoint_state", "save_checkpoint", "load_checkpoint", "restore_checkpoint", "Logger",
     "progress_bar", "log", "SYNC_BN_MODES",
 ]
+
+
+class HyperParams:
+    """Base of the recipes' hyper-parameter dataclasses: validation and dict round trip
+    (what checkpoints store)."""
+
+    @staticmethod
+    def _require(checks) -> None:
+        """Raise the message of the first ``(ok, message)`` pair that is not ok."""
+        for ok, message in checks:
+            if not ok:
+                raise D3NetError(message)
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -69,7 +69,7 @@ RESUMABLE_CHANGES = ("epochs",)
 
 
 @dataclass
-class MSSHyperParams:
+class MSSHyperParams(loop.HyperParams):
     """Hyper-parameters of a music separation training run (defaults: the official recipe).
 
     Attributes:
@@ -128,18 +128,7 @@ class MSSHyperParams:
                   (self.patch_frames >= 1, "patch_frames must be >= 1"),
                   (self.samples_per_track >= 1, "samples_per_track must be >= 1"),
                   (self.excerpt_seconds > 0, "excerpt_seconds must be > 0")]
-        for ok, message in checks:
-            if not ok:
-                raise D3NetError(message)
-
-    def to_dict(self) -> Dict[str, Any]:
-        data = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "MSSHyperParams":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        self._require(checks)
 
 
 @dataclass

@@ -66,7 +66,7 @@ RESUMABLE_CHANGES = ("iters", "val_interval", "checkpoint_interval")
 
 
 @dataclass
-class SegHyperParams:
+class SegHyperParams(loop.HyperParams):
     """Hyper-parameters of a segmentation training run (defaults: the paper's recipe).
 
     Attributes:
@@ -124,18 +124,7 @@ class SegHyperParams:
                   (self.val_interval >= 0, "val_interval must be >= 0"),
                   (self.checkpoint_interval >= 1, "checkpoint_interval must be >= 1"),
                   (self.val_mode in ("whole", "slide"), "val_mode must be whole or slide")]
-        for ok, message in checks:
-            if not ok:
-                raise D3NetError(message)
-
-    def to_dict(self) -> Dict[str, Any]:
-        data = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "SegHyperParams":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        self._require(checks)
 
 
 @dataclass
