@@ -1,10 +1,14 @@
 """End-to-end separation speed: a stereo clip, all four full-size targets, on CPU.
 
 Random weights (the speed does not depend on them). Reports wall time and real-time
-factor (processing seconds per audio second) next to the official NNabla figure from
-../shared/fixtures/official/timings.json (6 s clip, 570 s: RTF 95).
+factor (processing seconds per audio second) for each requested variant, measured in one
+run, next to the official NNabla figure from ../shared/fixtures/official/timings.json
+(6 s clip, 570 s: RTF 95). Variants: ``float32`` (the default: channels-last on CPU),
+``float32-contiguous`` (the default layout PyTorch would use), ``bfloat16`` (autocast),
+``float64`` (what ``--compat official`` runs).
 
-    python benchmarks/bench_separate.py [--seconds 30] [--threads 2] [--no-flip] [--batch-size 8]
+    python benchmarks/bench_separate.py [--seconds 30] [--threads 2] [--no-flip]
+        [--batch-size 8] [--variants float32,bfloat16]
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from d3net import models
 from d3net.separate import Separator
 
 OFFICIAL_TIMINGS = Path(__file__).resolve().parents[2] / "shared/fixtures/official/timings.json"
+VARIANTS = ("float32", "float32-contiguous", "bfloat16", "float64")
 
 
 def main() -> None:
@@ -27,24 +32,41 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-flip", action="store_true")
+    parser.add_argument("--variants", default="float32,bfloat16",
+                        help=f"comma-separated subset of {', '.join(VARIANTS)}")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    nets = {t: models.d3net_mss(t).eval() for t in ("vocals", "drums", "bass", "other")}
-    separator = Separator(nets, channel_flip=not args.no_flip, batch_size=args.batch_size)
-    audio = 0.1 * torch.randn(2, int(args.seconds * 44100))
-    start = time.perf_counter()
-    separator.separate(audio, 44100)
-    wall = time.perf_counter() - start
-    rtf = wall / args.seconds
-    line = f"{args.seconds:.0f} s stereo, 4 targets, flip={'off' if args.no_flip else 'on'}: " \
-           f"{wall:.1f} s wall, RTF {rtf:.2f}"
+    official_rtf = None
     if OFFICIAL_TIMINGS.exists():
         official = json.loads(OFFICIAL_TIMINGS.read_text())["e2e_rerun"]["runs"][0]["total"]
         official_rtf = official / 6.0
-        line += f"; official NNabla RTF {official_rtf:.1f} ({official:.0f} s for 6 s) -> " \
-                f"{official_rtf / rtf:.1f}x faster"
-    print(line)
+        print(f"official NNabla: {official:.0f} s for the 6 s fixture clip, RTF {official_rtf:.1f}")
+    audio = 0.1 * torch.randn(2, int(args.seconds * 44100),
+                              generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    states = {t: models.d3net_mss(t).state_dict() for t in ("vocals", "drums", "bass", "other")}
+    for variant in args.variants.split(","):
+        if variant not in VARIANTS:
+            parser.error(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+        nets = {}
+        for target, state in states.items():
+            nets[target] = models.d3net_mss(target).eval()
+            nets[target].load_state_dict(state)
+        precision = variant.split("-")[0]
+        separator = Separator(nets, channel_flip=not args.no_flip, batch_size=args.batch_size,
+                              precision=precision)
+        if variant.endswith("contiguous"):
+            separator.to(memory_format=torch.contiguous_format)
+        start = time.perf_counter()
+        separator.separate(audio, 44100)
+        wall = time.perf_counter() - start
+        rtf = wall / args.seconds
+        line = (f"{variant:>18}: {args.seconds:.0f} s stereo, 4 targets, flip="
+                f"{'off' if args.no_flip else 'on'}, {args.threads} threads: {wall:.1f} s wall, "
+                f"RTF {rtf:.2f}")
+        if official_rtf:
+            line += f" -> {official_rtf / rtf:.1f}x the official speed"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Reproduces ``src/d3net/assets/demo/<target>.safetensors``:
 
-    python scripts/train_demo.py --work /tmp/d3net-demo-train [--steps 160] [--install]
+    python scripts/train_demo.py --work /tmp/d3net-demo-train [--steps 160] [--resume] [--install]
 
 1. ``d3net data synth-musdb``-style dataset: ``--tracks`` songs of ``--seconds`` s (seed 0);
 2. ``d3net.train.mss.train_mss`` for each target with the ``mss-small`` config, short
@@ -37,7 +37,7 @@ def train_one(job):
                        excerpt_seconds=args.excerpt_seconds, patch_frames=args.patch_frames,
                        samples_per_track=args.samples_per_track, validation="none",
                        stats_seconds=None, seed=args.seed, device="cpu", progress=False,
-                       quiet=True)
+                       quiet=True, resume=args.resume)
     return target, result.train_loss, time.time() - start
 
 
@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--samples-per-track", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the runs in WORK/run (e.g. after an interruption)")
+    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset")
     parser.add_argument("--install", action="store_true", help="copy the weights into the package")
     args = parser.parse_args()
 
@@ -66,7 +69,7 @@ def main() -> None:
     args.tracks_train = len(list((root / "train").iterdir()))
     with Pool(args.processes) as pool:
         for target, losses, seconds in pool.imap_unordered(
-                train_one, [(root, out, t, args) for t in TARGETS]):
+                train_one, [(root, out, t, args) for t in args.targets.split(",")]):
             print(f"{target}: {len(losses)} epochs in {seconds:.0f} s, loss "
                   f"{losses[0]:.4g} -> {losses[-1]:.4g}", flush=True)
     if args.install:

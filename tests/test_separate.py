@@ -130,6 +130,38 @@ def test_batching_invariance_and_bounded_batches():
     assert eight_model.calls == [16, 4]
 
 
+@pytest.fixture(scope="module")
+def small_net_magnitudes():
+    """mss-small (random weights) over 100 frames in every arithmetic the separator has."""
+    from d3net import models
+
+    torch.manual_seed(0)
+    state = models.d3net_mss("vocals", small=True).state_dict()
+    mag = random_magnitude(100, seed=3) * 5
+    results, separators = {}, {}
+    for name, kw in {"float32": {}, "bfloat16": {"precision": "bfloat16"},
+                     "official": {"compat": "official"}}.items():
+        net = models.d3net_mss("vocals", small=True)
+        net.load_state_dict(state)
+        separators[name] = Separator({"vocals": net}, **kw)
+        results[name] = separators[name].separate_magnitudes(mag)["vocals"]
+    return results, separators
+
+
+def test_precisions_on_a_real_network(small_net_magnitudes):
+    results, separators = small_net_magnitudes
+    reference = results["official"]  # native kernels, default memory layout
+    scale = reference.abs().max()
+    for name, out in results.items():
+        assert out.dtype == torch.float32 and out.shape == reference.shape, name
+    assert (results["float32"] - reference).abs().max() / scale < 1e-5
+    bf16_error = (results["bfloat16"] - reference).abs().max() / scale
+    assert 0 < bf16_error < 3e-2  # autocast really ran, and stayed close
+    conv = separators["float32"].models["vocals"].full.stem.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert separators["official"].models["vocals"].full.stem.weight.is_contiguous()
+
+
 def four_targets(gain=0.5, patch=256):
     return {t: StandIn(lambda x, g=g: x * g, patch=384 if t == "bass" else patch, target=t)
             for t, g in zip(("vocals", "drums", "bass", "other"), (gain, 0.2, 0.3, 0.1))}
@@ -240,6 +272,8 @@ def test_bad_waveforms(bad, match):
 def test_bad_options():
     with pytest.raises(D3NetError, match="compat"):
         Separator(four_targets(), compat="nnabla")
+    with pytest.raises(D3NetError, match="precision 'float16'"):
+        Separator(four_targets(), precision="float16")
     with pytest.raises(D3NetError, match="at least one"):
         Separator({})
     with pytest.raises(D3NetError, match="test_patch_len"):

@@ -1,0 +1,156 @@
+"""``d3net separate`` as a user runs it: files in, stem files out, bad input, atomic output.
+
+A tiny four-target model (random weights) keeps every run fast; the end-to-end parity run
+through the CLI is in tests/test_separate_parity.py.
+"""
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from conftest import TINY_MSS
+from d3net import models
+from d3net.cli import main
+from d3net.separate import TARGETS
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    for target in TARGETS:
+        models.save(models.create(dict(TINY_MSS, target=target)),
+                    folder / f"{target}.safetensors")
+    return folder
+
+
+def write(path, data, rate, subtype="FLOAT"):
+    """``data`` (samples, channels)."""
+    soundfile.write(str(path), data, rate, subtype=subtype)
+    return path
+
+
+def tone(seconds, rate, channels):
+    t = np.arange(int(seconds * rate)) / rate
+    return np.stack([0.3 * np.sin(2 * np.pi * 220 * (c + 1) * t) for c in range(channels)], 1)
+
+
+def separate(*args):
+    return main(["separate", *map(str, args), "-q"])
+
+
+def test_stems_keep_the_inputs_rate_length_and_channels(model_dir, tmp_path):
+    mono = write(tmp_path / "mono8k.wav", tone(0.7, 8000, 1), 8000)
+    hires = write(tmp_path / "song.96k.flac", tone(0.4, 96000, 2), 96000, "PCM_24")
+    out = tmp_path / "out"
+    assert separate(mono, hires, "-o", out, "--model", model_dir, "--accompaniment",
+                    "--format", "flac", "--bits", "24") == 0
+    for stem, (rate, frames, channels) in {"mono8k": (8000, 5600, 1),
+                                           "song.96k": (96000, 38400, 2)}.items():
+        for name in TARGETS + ("accompaniment",):
+            info = soundfile.info(str(out / stem / f"{name}.flac"))
+            assert (info.samplerate, info.frames, info.channels) == (rate, frames, channels)
+            assert info.subtype == "PCM_24"
+    assert not list(out.rglob("*.part"))
+
+
+def test_targets_subset_and_float_output(model_dir, tmp_path):
+    song = write(tmp_path / "song.wav", tone(0.5, 44100, 2), 44100)
+    assert separate(song, "-o", tmp_path / "out", "--model", model_dir, "--targets",
+                    "vocals,bass", "--bits", "32", "--wiener-iterations", "2") == 0
+    written = sorted(p.name for p in (tmp_path / "out" / "song").iterdir())
+    assert written == ["bass.wav", "vocals.wav"]
+    data, rate = soundfile.read(str(tmp_path / "out" / "song" / "vocals.wav"))
+    assert rate == 44100 and data.shape == (22050, 2) and np.isfinite(data).all()
+    assert soundfile.info(str(tmp_path / "out" / "song" / "vocals.wav")).subtype == "FLOAT"
+
+
+def test_silent_and_very_short_input(model_dir, tmp_path):
+    silent = write(tmp_path / "silent.wav", np.zeros((30000, 2)), 44100)
+    short = write(tmp_path / "short.wav", tone(0.002, 44100, 2), 44100)  # 88 < 4096 samples
+    assert separate(silent, short, "-o", tmp_path / "out", "--model", model_dir) == 0
+    for name in TARGETS:
+        data, _ = soundfile.read(str(tmp_path / "out" / "silent" / f"{name}.wav"))
+        assert data.shape == (30000, 2) and not data.any()
+        data, _ = soundfile.read(str(tmp_path / "out" / "short" / f"{name}.wav"))
+        assert data.shape == (88, 2) and np.isfinite(data).all()
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: p.write_text("this is not audio"), "not a readable audio file"),
+    (lambda p: p.write_bytes(b""), "empty file"),
+    (lambda p: write(p, np.zeros((0, 2)), 44100), "no audio samples"),
+    (lambda p: write(p, np.full((1000, 2), np.nan), 44100), "NaN or infinite"),
+    (lambda p: write(p, tone(0.1, 44100, 6), 44100), "6 channels"),
+])
+def test_bad_input_is_one_line_naming_the_file(model_dir, tmp_path, capsys, make, message):
+    bad = tmp_path / "bad.wav"
+    make(bad)
+    assert separate(bad, "-o", tmp_path / "out", "--model", model_dir) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err and message in err, err
+    assert not (tmp_path / "out" / "bad").exists()
+
+
+def test_a_bad_file_does_not_stop_the_others(model_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    good = write(tmp_path / "good.wav", tone(0.3, 44100, 2), 44100)
+    assert separate(bad, good, "-o", tmp_path / "out", "--model", model_dir) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: not a readable audio file" in err and "1 of 2 inputs failed" in err
+    assert sorted(p.name for p in (tmp_path / "out" / "good").iterdir()) == \
+        sorted(f"{t}.wav" for t in TARGETS)
+
+
+def test_missing_input_fails_before_any_work(model_dir, tmp_path, capsys):
+    good = write(tmp_path / "good.wav", tone(0.3, 44100, 2), 44100)
+    assert separate(good, tmp_path / "missing.wav", "-o", tmp_path / "out",
+                    "--model", model_dir) == 2
+    assert "missing.wav: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_option_errors(model_dir, tmp_path, capsys, monkeypatch):
+    song = write(tmp_path / "song.wav", tone(0.2, 44100, 2), 44100)
+    monkeypatch.delenv("D3NET_MODEL", raising=False)
+    not_a_model = tmp_path / "vocals.safetensors"
+    not_a_model.write_text("garbage")
+    seg_model = tmp_path / "seg.safetensors"
+    models.save(models.create({"task": "seg", "name": "seg-tiny", "num_classes": 3,
+                               "num_init_features": 8, "growth_rate": [8, 8, 8, 8],
+                               "num_layers": [2, 2, 2, 2], "num_blocks": [1, 1, 1, 1],
+                               "out_layers": [1, 1, 1, 1], "compression": [0.5] * 4,
+                               "head_channels": 8}),
+                seg_model)
+    cases = [((), "no separation model given"),
+             (("--model", tmp_path / "nowhere"), "nowhere: no such file or folder"),
+             (("--model", tmp_path), "vocals.safetensors"),
+             (("--model", seg_model), "not a music separation model"),
+             (("--model", model_dir, "--targets", "piano"), "no model for target(s) piano")]
+    for extra, message in cases:
+        assert separate(song, "-o", tmp_path / "out", *extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (extra, err)
+
+
+def test_interrupted_write_leaves_the_existing_output_intact(model_dir, tmp_path, capsys,
+                                                             monkeypatch):
+    song = write(tmp_path / "song.wav", tone(0.3, 44100, 2), 44100)
+    out = tmp_path / "out"
+    assert separate(song, "-o", out, "--model", model_dir) == 0
+    before = (out / "song" / "vocals.wav").read_bytes()
+
+    real_write = soundfile.write
+
+    def write_half_then_die(file, data, *args, **kwargs):
+        real_write(file, data[: len(data) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    (tmp_path / "louder").mkdir()
+    louder = write(tmp_path / "louder" / "song.wav", 2 * tone(0.3, 44100, 2), 44100)
+    monkeypatch.setattr(soundfile, "write", write_half_then_die)
+    assert separate(louder, "-o", out, "--model", model_dir) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert (out / "song" / "vocals.wav").read_bytes() == before
+    assert not [p for p in (out / "song").iterdir() if not p.name.endswith(".wav")]
