@@ -2,8 +2,11 @@
 
 Compares with the official NNabla CPU forward times in
 ../shared/fixtures/official/timings.json (measured on a 2-core machine of the same kind).
-Reports the median of ``--runs`` timed runs after one warm-up, for oneDNN on and off
-(off = the bit-careful path used for parity checks), and prints a markdown table.
+Reports the median of ``--runs`` timed runs after one warm-up, all measured in one run, in
+four modes: ``oneDNN`` (PyTorch's default), ``channels-last`` (oneDNN with the
+channels-last memory layout, what the Separator uses on CPU), ``channels-last bf16``
+(bfloat16 autocast on top, ``--precision bfloat16``) and ``native`` (oneDNN off: the
+bit-careful path of the parity checks), and prints a markdown table.
 
     python benchmarks/bench_models.py [--runs 3] [--threads 2] [--skip-backward]
 """
@@ -33,12 +36,23 @@ def timed(fn, runs: int) -> float:
     return statistics.median(times)
 
 
-def bench(model, x, runs: int, backward: bool, onednn: bool):
+MODES = ("oneDNN", "channels-last", "channels-last bf16", "native")
+
+
+def bench(model, x, runs: int, backward: bool, mode: str):
     import contextlib
 
     from d3net.utils import exact_float32
     results = {}
-    with contextlib.nullcontext() if onednn else exact_float32():
+    layout = torch.channels_last if mode.startswith("channels-last") else torch.contiguous_format
+    model.to(memory_format=layout)
+    if mode == "native":
+        context = exact_float32()
+    elif mode.endswith("bf16"):
+        context = torch.autocast("cpu", dtype=torch.bfloat16)
+    else:
+        context = contextlib.nullcontext()
+    with context:
         model.eval()
 
         def forward():
@@ -53,6 +67,7 @@ def bench(model, x, runs: int, backward: bool, onednn: bool):
                 model(x).float().square().mean().backward()
             results["forward+backward"] = timed(forward_backward, max(1, runs - 1))
             model.eval()
+    model.to(memory_format=torch.contiguous_format)
     return results
 
 
@@ -72,14 +87,15 @@ def main() -> None:
          official.get("mss_vocals_1x256x2x2049", {}).get("median_s")),
     ]
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}")
-    print("| model | oneDNN | forward (s) | forward+backward (s) | official NNabla forward (s) | speed-up (forward) |")
+    print("| model | mode | forward (s) | forward+backward (s) | official NNabla forward (s) | speed-up (forward) |")
     print("|---|---|---|---|---|---|")
     for name, model, x, ref in cases:
-        for onednn in (True, False):
-            r = bench(model, x, args.runs, not args.skip_backward and onednn, onednn)
+        for mode in MODES:
+            backward = not args.skip_backward and mode in ("oneDNN", "channels-last")
+            r = bench(model, x, args.runs, backward, mode)
             fb = f"{r['forward+backward']:.2f}" if "forward+backward" in r else "-"
             ratio = f"{ref / r['forward']:.1f}x" if ref else "-"
-            print(f"| {name} | {'on' if onednn else 'off'} | {r['forward']:.2f} | {fb} | "
+            print(f"| {name} | {mode} | {r['forward']:.2f} | {fb} | "
                   f"{ref if ref else '-'} | {ratio} |", flush=True)
 
 

@@ -8,7 +8,7 @@ run, next to the official NNabla figure from ../shared/fixtures/official/timings
 ``float64`` (what ``--compat official`` runs).
 
     python benchmarks/bench_separate.py [--seconds 30] [--threads 2] [--no-flip]
-        [--batch-size 8] [--variants float32,bfloat16]
+        [--batch-size N] [--variants float32,bfloat16]
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="network inputs per call (default: the Separator's, 1 on CPU)")
     parser.add_argument("--no-flip", action="store_true")
     parser.add_argument("--variants", default="float32,bfloat16",
                         help=f"comma-separated subset of {', '.join(VARIANTS)}")

@@ -126,8 +126,9 @@ def test_batching_invariance_and_bounded_batches():
     one = Separator({"t": one_model}, batch_size=1).separate_magnitudes(mag)["t"]
     eight = Separator({"t": eight_model}, batch_size=8).separate_magnitudes(mag)["t"]
     assert torch.allclose(one, eight, rtol=1e-6, atol=1e-6)
-    assert set(one_model.calls) == {2}  # one patch plus its flipped copy
-    assert eight_model.calls == [16, 4]
+    assert one_model.calls == [1] * 20  # each patch and its flipped copy on their own
+    assert eight_model.calls == [8, 8, 4]  # four patches and their flipped copies per call
+    assert Separator({"t": StandIn(ones)}).batch_size == 1  # CPU default
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,9 @@ def register(subparsers) -> None:
     p.add_argument("--format", choices=["wav", "flac"], default="wav")
     p.add_argument("--bits", type=int, choices=[16, 24, 32], default=16,
                    help="16/24-bit PCM, or 32 = 32-bit float WAV (FLAC: 16 or 24)")
-    p.add_argument("--batch-size", type=int, default=8, help="patches per network call")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="network inputs per call, flipped copies included (default: 1 on CPU, "
+                   "where it is fastest, 16 on GPU)")
     add_quiet(p)
     p.set_defaults(func=run)
 
