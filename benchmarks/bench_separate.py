@@ -3,9 +3,10 @@
 Random weights (the speed does not depend on them). Reports wall time and real-time
 factor (processing seconds per audio second) for each requested variant, measured in one
 run, next to the official NNabla figure from ../shared/fixtures/official/timings.json
-(6 s clip, 570 s: RTF 95). Variants: ``float32`` (the default: channels-last on CPU),
-``float32-contiguous`` (the default layout PyTorch would use), ``bfloat16`` (autocast),
-``float64`` (what ``--compat official`` runs).
+(6 s clip, 570 s: RTF 95). Variants: ``float32`` (the default: channels-last on CPU, one
+network input per call), ``float32-contiguous`` (PyTorch's default layout), ``bfloat16``
+(autocast, ``--precision bfloat16``), ``baseline`` (the first release's settings: default
+layout, 8 patches and their flipped copies per call).
 
     python benchmarks/bench_separate.py [--seconds 30] [--threads 2] [--no-flip]
         [--batch-size N] [--variants float32,bfloat16]
@@ -23,7 +24,7 @@ from d3net import models
 from d3net.separate import Separator
 
 OFFICIAL_TIMINGS = Path(__file__).resolve().parents[2] / "shared/fixtures/official/timings.json"
-VARIANTS = ("float32", "float32-contiguous", "bfloat16", "float64")
+VARIANTS = ("float32", "float32-contiguous", "bfloat16", "baseline")
 
 
 def main() -> None:
@@ -53,10 +54,11 @@ def main() -> None:
         for target, state in states.items():
             nets[target] = models.d3net_mss(target).eval()
             nets[target].load_state_dict(state)
-        precision = variant.split("-")[0]
-        separator = Separator(nets, channel_flip=not args.no_flip, batch_size=args.batch_size,
+        precision = "bfloat16" if variant == "bfloat16" else "float32"
+        batch_size = 16 if variant == "baseline" else args.batch_size
+        separator = Separator(nets, channel_flip=not args.no_flip, batch_size=batch_size,
                               precision=precision)
-        if variant.endswith("contiguous"):
+        if variant in ("float32-contiguous", "baseline"):
             separator.to(memory_format=torch.contiguous_format)
         start = time.perf_counter()
         separator.separate(audio, 44100)

@@ -4,7 +4,11 @@
 
 Songs use seeds FIRST_DEMO_SEED.. (training songs use 64-bit hashed seeds, see
 ``d3net.data.synth_music.song_seed``). Prints a markdown table of median SDRs (museval
-BSSEval v4 when available, else d3net's own SDR, named in the output).
+BSSEval v4 when available, else d3net's own SDR, named in the output) for the model and the
+mixture-as-estimate baseline, and, with d3net's own (scale-sensitive) SDR, for the model
+and a quarter of the mixture as every estimate: BSSEval's SDR ignores the estimate's scale,
+so only the own SDR shows how much of a gain is just the Wiener filter sharing out the
+mixture.
 """
 from __future__ import annotations
 
@@ -27,27 +31,36 @@ def main() -> None:
     args = parser.parse_args()
 
     separator = Separator.from_dir(args.model or bundled_model_dir(), device="cpu")
-    ours, base, scorer = {t: [] for t in TARGETS}, {t: [] for t in TARGETS}, None
+    rows = ("demo model", "mixture as estimate", "demo model (own SDR)",
+            "mixture / 4 as estimate (own SDR)")
+    tables = {row: {t: [] for t in TARGETS} for row in rows}
+    scorer = None
     for i in range(args.songs):
         stems = generate_song(FIRST_DEMO_SEED + i, args.seconds, 44100)
         truth = {t: np.asarray(stems[t], np.float32) for t in TARGETS}
         mixture = sum(truth.values())
         est = separator.separate(torch.from_numpy(mixture), 44100)
-        s = score_track(truth, {t: est[t].numpy() for t in TARGETS}, 44100, scorer="auto")
-        b = score_track(truth, {t: mixture for t in TARGETS}, 44100, scorer=s["scorer"])
+        estimates = {t: est[t].numpy() for t in TARGETS}
+        s = score_track(truth, estimates, 44100, scorer="auto")
         scorer = s["scorer"]
-        for t in TARGETS:
-            ours[t].append(s["median"][t]["SDR"])
-            base[t].append(b["median"][t]["SDR"])
+        scores = {rows[0]: s,
+                  rows[1]: score_track(truth, {t: mixture for t in TARGETS}, 44100, scorer=scorer),
+                  rows[2]: score_track(truth, estimates, 44100, scorer="own"),
+                  rows[3]: score_track(truth, {t: mixture / 4 for t in TARGETS}, 44100,
+                                       scorer="own")}
+        for row, result in scores.items():
+            for t in TARGETS:
+                tables[row][t].append(result["median"][t]["SDR"])
         print(f"song {FIRST_DEMO_SEED + i}: " + ", ".join(f"{t} {s['median'][t]['SDR']:.2f}" for t in TARGETS),
               flush=True)
     print(f"\nscorer: {scorer}; median over 1 s frames, then median over {args.songs} songs\n")
     print("| | " + " | ".join(TARGETS) + " | average |")
     print("|---" * (len(TARGETS) + 2) + "|")
-    for name, table in (("demo model", ours), ("mixture as estimate", base)):
+    for name, table in tables.items():
         medians = [float(np.median(table[t])) for t in TARGETS]
         print(f"| {name} | " + " | ".join(f"{m:.2f}" for m in medians)
               + f" | {np.mean(medians):.2f} |")
+    ours, base = tables[rows[0]], tables[rows[1]]
     gain = np.mean([np.median(ours[t]) - np.median(base[t]) for t in TARGETS])
     print(f"\naverage improvement over the mixture baseline: {gain:.2f} dB")
 
