@@ -275,6 +275,8 @@ def test_bad_options():
         Separator(four_targets(), compat="nnabla")
     with pytest.raises(D3NetError, match="precision 'float16'"):
         Separator(four_targets(), precision="float16")
+    with pytest.raises(D3NetError, match="cannot run in bfloat16"):
+        Separator(four_targets(), compat="official", precision="bfloat16")
     with pytest.raises(D3NetError, match="at least one"):
         Separator({})
     with pytest.raises(D3NetError, match="test_patch_len"):

@@ -97,6 +97,9 @@ class Separator(nn.Module):
         if precision not in PRECISIONS:
             raise D3NetError(f"unknown precision {precision!r}; expected one of "
                              f"{', '.join(PRECISIONS)}")
+        if compat == "official" and precision != "float32":
+            raise D3NetError(f"compat 'official' reproduces the official float32 arithmetic; "
+                             f"it cannot run in {precision}")
         for target, model in models.items():
             patch, shift = _patching(target, model)
             if patch % shift:
