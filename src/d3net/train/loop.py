@@ -31,7 +31,7 @@ import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -513,3 +513,22 @@ class HyperParams:
     def from_dict(cls, data: Dict[str, Any]):
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def merge_resumed(cls, saved: Dict[str, Any], overrides: Dict[str, Any],
+                      resumable: Sequence[str]):
+        """The saved run's hyper-parameters with the ``overrides`` (``None`` = keep) that
+        may change on resume; any other override that differs is an error."""
+        current = cls.from_dict(saved).to_dict()
+        changed = {}
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            new = cls.from_dict({**current, key: value}).to_dict()[key]
+            if new != current[key]:
+                if key not in resumable:
+                    raise D3NetError(f"{key} = {value!r} differs from the run being resumed "
+                                     f"({current[key]!r}); resume with the same value or start "
+                                     "a new run in another --out folder")
+                changed[key] = new
+        return cls.from_dict({**current, **changed})

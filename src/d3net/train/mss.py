@@ -309,23 +309,6 @@ def _resolve_config(config: Union[str, Path, MSSConfig, Dict[str, Any], None],
     return resolved
 
 
-def _merge_resumed(saved: Dict[str, Any], overrides: Dict[str, Any]) -> MSSHyperParams:
-    hp = MSSHyperParams.from_dict(saved)
-    current = hp.to_dict()
-    changed = {}
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        new = MSSHyperParams.from_dict({**current, key: value}).to_dict()[key]
-        if new != current[key]:
-            if key not in RESUMABLE_CHANGES:
-                raise D3NetError(f"{key} = {value!r} differs from the run being resumed "
-                                 f"({current[key]!r}); resume with the same value or start a "
-                                 "new run in another --out folder")
-            changed[key] = new
-    return MSSHyperParams.from_dict({**current, **changed})
-
-
 def train_mss(root: PathLike, target: str, out: PathLike,
               config: Union[str, Path, MSSConfig, Dict[str, Any], None] = None, *,
               resume: bool = False, device: Union[str, torch.device, None] = None,
@@ -395,7 +378,7 @@ def _train(root: PathLike, target: str, paths: Dict[str, Path],
                 raise D3NetError(f"--config {config_source} differs from the config of the run "
                                  f"being resumed ({describe(config)}); leave --config out to "
                                  "resume")
-        hp = _merge_resumed(state["hparams"], overrides)
+        hp = MSSHyperParams.merge_resumed(state["hparams"], overrides, RESUMABLE_CHANGES)
     else:
         config = _resolve_config(config_source, target)
         hp = MSSHyperParams(**{k: v for k, v in overrides.items() if v is not None})

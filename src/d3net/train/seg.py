@@ -354,23 +354,6 @@ def _resolve_config(config: Union[str, Path, SegConfig, Dict[str, Any], None],
     return resolved
 
 
-def _merge_resumed(saved: Dict[str, Any], overrides: Dict[str, Any]) -> SegHyperParams:
-    hp = SegHyperParams.from_dict(saved)
-    current = hp.to_dict()
-    changed = {}
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        new = SegHyperParams.from_dict({**current, key: value}).to_dict()[key]
-        if new != current[key]:
-            if key not in RESUMABLE_CHANGES:
-                raise D3NetError(f"{key} = {value!r} differs from the run being resumed "
-                                 f"({current[key]!r}); resume with the same value or start a "
-                                 "new run in another --out folder")
-            changed[key] = new
-    return SegHyperParams.from_dict({**current, **changed})
-
-
 def train_seg(root: Union[PathLike, torch.utils.data.Dataset], out: PathLike,
               config: Union[str, Path, SegConfig, Dict[str, Any], None] = None, *,
               head: Optional[str] = None, resume: bool = False,
@@ -452,7 +435,7 @@ def _train(root, val_data, paths: Dict[str, Path], config_source: Any, head: Opt
             if to_dict(wanted) != to_dict(config):
                 raise D3NetError(f"the --config/--head given differ from the run being resumed "
                                  f"({describe(config)}); leave them out to resume")
-        hp = _merge_resumed(state["hparams"], overrides)
+        hp = SegHyperParams.merge_resumed(state["hparams"], overrides, RESUMABLE_CHANGES)
     else:
         config = _resolve_config(config_source, head)
         hp = SegHyperParams(**{k: v for k, v in overrides.items() if v is not None})
