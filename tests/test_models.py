@@ -161,3 +161,15 @@ def test_load_rejects_foreign_files(tmp_path):
         models.load(tmp_path / "junk.safetensors")
     with pytest.raises(D3NetError, match="not found"):
         models.load(tmp_path / "nothing.safetensors")
+
+
+def test_fingerprint_follows_weights_and_config():
+    a, b = models.d3net_mss("bass"), models.d3net_mss("bass")
+    assert models.fingerprint(a) != models.fingerprint(b)          # other random weights
+    b.load_state_dict(a.state_dict())
+    assert models.fingerprint(a) == models.fingerprint(b)
+    with torch.no_grad():
+        next(b.parameters()).view(-1)[0] += 1e-6
+    assert models.fingerprint(a) != models.fingerprint(b)
+    with pytest.raises(D3NetError, match="fingerprint"):
+        models.fingerprint(torch.nn.Linear(2, 2))

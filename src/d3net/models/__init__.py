@@ -7,6 +7,7 @@ Builders (torchvision style): :func:`d3net_s`, :func:`d3net_l`, :func:`d3net_mss
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -21,7 +22,7 @@ from .segmentation import D3NetSegmentation
 from .separation import D3NetMSS
 
 __all__ = ["D3NetSegmentation", "D3NetMSS", "d3net_s", "d3net_l", "d3net_mss", "create",
-           "load", "save", "count_parameters", "FORMAT_NAME"]
+           "load", "save", "count_parameters", "fingerprint", "FORMAT_NAME"]
 
 FORMAT_NAME = "d3net"
 FORMAT_VERSION = "1"
@@ -68,6 +69,29 @@ def create(config: Union[str, Path, SegConfig, MSSConfig, Dict[str, Any]],
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameter count (BatchNorm statistics are buffers and not counted)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def fingerprint(model: nn.Module) -> str:
+    """SHA-256 (hex) of a model's config and every tensor of its ``state_dict``.
+
+    Two models with the same fingerprint compute the same function, wherever their weights
+    came from (a model file, an official ``.h5``, memory). Used to key caches and to record
+    which model produced a result.
+
+    Raises:
+        D3NetError: the model has no ``.config`` (not a d3net model).
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        raise D3NetError("only d3net models (with a .config) have a fingerprint")
+    digest = hashlib.sha256(json.dumps(to_dict(config), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.endswith("num_batches_tracked"):
+            continue
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save(model: nn.Module, path: Union[str, Path], extra: Optional[Dict[str, str]] = None) -> Path:
