@@ -1,13 +1,37 @@
-"""Small shared helpers: atomic file writes, seeding."""
+"""Small shared helpers: atomic file writes with the usual file modes, output checks."""
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import stat
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterable, Iterator, Tuple, Union
+
+from .errors import D3NetError
 
 PathLike = Union[str, os.PathLike]
+
+_NEW_FILE_MODE = 0o666  # the kernel subtracts the umask (and applies default ACLs)
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
+def _create_temporary(path: Path, suffix: str) -> Tuple[Path, int]:
+    """An empty new file next to ``path`` and its permission bits: ``0o666`` less the
+    umask, as the kernel sets them for ``open(name, "w")`` (not ``tempfile.mkstemp``'s
+    private ``0o600``)."""
+    for _ in range(100):
+        candidate = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}.part"
+        try:
+            fd = os.open(candidate, _CREATE_FLAGS, _NEW_FILE_MODE)
+        except FileExistsError:
+            continue
+        try:
+            return candidate, stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+    raise FileExistsError(f"no free temporary name next to {path}")
 
 
 @contextlib.contextmanager
@@ -17,21 +41,109 @@ def atomic_path(path: PathLike, suffix: str | None = None) -> Iterator[Path]:
     If the body raises (or the process dies), ``path`` is left untouched: either the old
     file or nothing, never a half-written one. ``suffix`` defaults to the target's suffix so
     libraries that infer a format from the extension keep working.
+
+    File modes: a new file gets ``0o666`` less the process umask (``-rw-r--r--`` under the
+    usual ``umask 022``), as files written with ``open(path, "w")`` or ``cp`` do. Replacing
+    an existing file keeps that file's permission bits, as ``cp`` onto an existing file
+    does (a file made group-writable or private by its owner stays so); the owner becomes
+    the writing user, since the new content is a new file renamed into place.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=(path.suffix if suffix is None else suffix) + ".part",
-        dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path, new_file_mode = _create_temporary(path, path.suffix if suffix is None else suffix)
     try:
         yield tmp_path
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            mode = new_file_mode
+        # Set even for a new file: some writers (safetensors) replace the temporary file
+        # with their own private (0o600) one.
+        os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def check_writable(*folders: PathLike) -> None:
+    """Check, before long work starts, that files can be written into every folder.
+
+    A folder need not exist yet: its nearest existing ancestor must be a folder in which
+    a file can be created. That folder gets one empty probe file, created and removed at
+    once (a fraction of a millisecond; each distinct folder is probed once). Creating a
+    file is the only reliable test: permission bits say nothing about read-only file
+    systems, ACLs or the root user.
+
+    Args:
+        folders: folders that output will be written into (for an output file, pass its
+            parent folder).
+
+    Raises:
+        D3NetError: naming the folder and the reason (read-only file system, permission
+            denied, a file standing where a folder must be, ...).
+    """
+    probed = set()
+    for folder in folders:
+        folder = Path(folder)
+        existing = _nearest_existing(folder)
+        if not existing.is_dir():
+            raise D3NetError(f"cannot write into {folder}: {existing} is a file, not a folder")
+        key = os.path.realpath(existing)
+        if key in probed:
+            continue
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".d3net-write-test-", dir=existing)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            where = "" if existing == folder else f" (in {existing})"
+            raise D3NetError(f"cannot write into {folder}: {reason}{where}") from None
+        probed.add(key)
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (``.`` for a relative path at worst)."""
+    current = path
+    while True:
+        try:
+            os.stat(current)
+            return current
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as error:
+            raise D3NetError(f"cannot write into {path}: {current}: "
+                             f"{error.strerror or error}") from None
+        if current.parent == current:
+            return current
+        current = current.parent
+
+
+def check_unique_outputs(pairs: Iterable[Tuple[PathLike, str]], what: str = "output") -> None:
+    """Refuse inputs that would be written under the same output name.
+
+    Args:
+        pairs: ``(input, output name)`` for every input.
+        what: how to call the output in the message (e.g. ``"output folder"``).
+
+    Names that differ only in letter case also collide: on the case-insensitive file
+    systems of macOS and Windows one would overwrite the other.
+
+    Raises:
+        D3NetError: naming both inputs and the name they share.
+    """
+    seen: dict[str, Tuple[Path, str]] = {}
+    for source, name in pairs:
+        source = Path(source)
+        key = name.casefold()
+        if key in seen and seen[key][0] != source:
+            first, first_name = seen[key]
+            same = name if first_name == name else f"{first_name!r} and {name!r}"
+            raise D3NetError(f"{first} and {source} would both be written to the {what} "
+                             f"{same}; give them different names or separate runs")
+        seen.setdefault(key, (source, name))
 
 
 @contextlib.contextmanager
