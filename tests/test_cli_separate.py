@@ -3,6 +3,8 @@
 A tiny four-target model (random weights) keeps every run fast; the end-to-end parity run
 through the CLI is in tests/test_separate_parity.py.
 """
+import os
+
 import numpy as np
 import pytest
 import soundfile
@@ -154,3 +156,74 @@ def test_interrupted_write_leaves_the_existing_output_intact(model_dir, tmp_path
     assert "interrupted" in capsys.readouterr().err
     assert (out / "song" / "vocals.wav").read_bytes() == before
     assert not [p for p in (out / "song").iterdir() if not p.name.endswith(".wav")]
+
+
+# ------------------------------------------------- results that must not be lost (issue 12)
+
+def test_inputs_sharing_an_output_folder_are_refused_before_any_work(model_dir, tmp_path,
+                                                                     capsys):
+    """The issue's case: a/song.wav b/song.wav song.flac all map to OUTDIR/song."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        write(tmp_path / folder / "song.wav", tone(0.2, 44100, 2), 44100)
+    flac = write(tmp_path / "song.flac", tone(0.2, 44100, 2), 44100, "PCM_16")
+    out = tmp_path / "out"
+    assert separate(tmp_path / "a" / "song.wav", tmp_path / "b" / "song.wav", flac,
+                    "-o", out, "--model", model_dir) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"{tmp_path / 'a' / 'song.wav'} and {tmp_path / 'b' / 'song.wav'} would both be " \
+           f"written as {out / 'song'}" in err
+    assert not out.exists()  # refused before the model was even loaded
+
+
+def test_inputs_differing_only_in_case_are_refused(model_dir, tmp_path, capsys):
+    """Another member: Song.wav and song.wav are one folder on macOS and Windows."""
+    upper = write(tmp_path / "Song.wav", tone(0.2, 44100, 2), 44100)
+    (tmp_path / "x").mkdir()
+    lower = write(tmp_path / "x" / "song.wav", tone(0.2, 44100, 2), 44100)
+    assert separate(upper, lower, "-o", tmp_path / "out", "--model", model_dir) == 2
+    assert "case-insensitive file systems" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_input_a_stem_would_overwrite_is_refused(model_dir, tmp_path, capsys):
+    """Another member: separating out/song/vocals.wav into -o out writes out/vocals/*,
+    but separating out/vocals/vocals.wav would replace the input by its own stem."""
+    out = tmp_path / "out"
+    (out / "vocals").mkdir(parents=True)
+    song = write(out / "vocals" / "vocals.wav", tone(0.2, 44100, 2), 44100)
+    before = song.read_bytes()
+    assert separate(song, "-o", out, "--model", model_dir) == 2
+    err = capsys.readouterr().err
+    assert "would overwrite this input" in err
+    assert song.read_bytes() == before
+
+
+def test_the_same_input_twice_is_separated_once(model_dir, tmp_path, capsys):
+    song = write(tmp_path / "song.wav", tone(0.2, 44100, 2), 44100)
+    assert main(["separate", str(song), str(tmp_path / "." / "song.wav"), "-o",
+                 str(tmp_path / "out"), "--model", str(model_dir)]) == 0
+    assert capsys.readouterr().out.count("song.wav ->") == 1
+
+
+@pytest.mark.parametrize("where", ["under a file", "/proc"])
+def test_an_unwritable_output_is_reported_before_separating(model_dir, tmp_path, capsys,
+                                                            monkeypatch, where):
+    """The issue's case (-o on a read-only file system): one line before any work, not a
+    traceback after it. Root ignores permission bits, so the folder is made unwritable
+    in ways that stop root too: a path under a regular file, or /proc."""
+    from d3net import separate as separate_module
+    if where == "/proc" and not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux /proc")
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    out = blocker / "out" if where == "under a file" else "/proc/d3net-out"
+    calls = []
+    monkeypatch.setattr(separate_module.Separator, "from_dir",
+                        classmethod(lambda cls, *a, **k: calls.append(a)))
+    song = write(tmp_path / "song.wav", tone(0.2, 44100, 2), 44100)
+    assert separate(song, song, "-o", out, "--model", model_dir) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"cannot write into {out}" in err, err
+    assert not calls  # the model was never loaded

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 
@@ -83,12 +84,11 @@ def test_resumes_and_skips_tracks_already_scored(data, model_dir, scored, tmp_pa
     first = scored[1]
     names = list(first.tracks)
 
-    # everything scored: the models are not even loaded
-    def no_separator(*args, **kwargs):
+    # everything scored by the same models and options: nothing is separated
+    def no_separation(*args, **kwargs):
         raise AssertionError("nothing should be separated")
 
-    from d3net import separate
-    monkeypatch.setattr(separate.Separator, "from_dir", no_separator)
+    monkeypatch.setattr(evaluate_module, "_score_track", no_separation)
     again = evaluate_mss(data, model_dir, out_dir=out, scorer="own", progress=False)
     assert again.skipped == names
     # read back from the JSON files, rounded to 5 decimals as museval writes them
@@ -156,3 +156,81 @@ def test_cli_prints_the_table(data, model_dir, tmp_path, capsys, monkeypatch):
                               "--tracks", "no-such-song", "-q"])
     with pytest.raises(D3NetError, match="no track.*no-such-song"):
         args.func(args)
+
+
+# --------------------------------------- reused results must come from the same models (issue 12)
+
+def test_results_of_other_models_or_options_are_never_reused(data, tmp_path, capsys):
+    """The issue's case: evaluate with the demo model, then with a folder holding only
+    its vocals model into the same --out: the demo's drums, bass and other scores were
+    printed for a model that has none. Now refused in one line, or recomputed with
+    --overwrite; a copy of the same model elsewhere is still reused."""
+    from d3net.cli import main
+    from d3net.demo import bundled_model_dir
+
+    name = musdb.list_tracks(data, "test")[0].name
+    out = tmp_path / "scores"
+    vocals_only = tmp_path / "vocals-only"
+    vocals_only.mkdir()
+    shutil.copy(bundled_model_dir() / "vocals.safetensors", vocals_only)
+    common = ["evaluate", "mss", "--root", str(data), "--out", str(out), "--scorer", "own",
+              "--tracks", name, "-q"]
+
+    assert main(common + ["--model", "demo"]) == 0
+    capsys.readouterr()
+    json_path = out / "test" / f"{name}.json"
+    before = json_path.read_bytes()
+    assert main(common + ["--model", str(vocals_only)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"{json_path}: not reused because it was produced by other models (targets " \
+           "bass+drums+other+vocals then, vocals now); pass --overwrite" in err
+    assert json_path.read_bytes() == before
+
+    assert main(common + ["--model", str(vocals_only), "--overwrite"]) == 0
+    printed = capsys.readouterr().out
+    row = [c.strip() for c in printed.splitlines()[2].split("|")[1:-1]]
+    assert row[0] == "SDR" and row[1] != "-" and row[2:5] == ["-", "-", "-"]  # no drums/bass/other
+    assert "vocals+accompaniment for Vocals, Acco." in printed
+    stored = sdr.load_track_json(json_path)
+    assert set(stored["frames"]) == {"vocals", "accompaniment"}
+    assert list(stored["provenance"]["models"]) == ["vocals"]
+
+    # the same weights in another folder: same fingerprint, reused
+    copy = tmp_path / "copy"
+    shutil.copytree(vocals_only, copy)
+    reused = evaluate_mss(data, copy, out_dir=out, scorer="own", progress=False,
+                          track_names=[name])
+    assert reused.skipped == [name] and reused.recomputed == []
+
+    # other options are refused too
+    with pytest.raises(D3NetError, match="other options .wiener_iterations 1 then, 0 now"):
+        evaluate_mss(data, copy, out_dir=out, scorer="own", progress=False,
+                     track_names=[name], wiener_iterations=0)
+
+
+def test_results_without_a_record_are_not_reused(data, model_dir, scored, tmp_path):
+    """Another member: a museval JSON (or one from an older d3net) says nothing about the
+    model that produced it."""
+    out = tmp_path / "scores"
+    shutil.copytree(scored[0], out)
+    name = list(scored[1].tracks)[0]
+    path = out / "test" / f"{name}.json"
+    document = json.loads(path.read_text())
+    assert document["provenance"]["separation"]["wiener_iterations"] == 1
+    del document["provenance"]
+    path.write_text(json.dumps(document))
+    with pytest.raises(D3NetError, match="holds no record of the model and options"):
+        evaluate_mss(data, model_dir, out_dir=out, scorer="own", progress=False)
+    result = evaluate_mss(data, model_dir, out_dir=out, scorer="own", progress=False,
+                          overwrite=True)
+    assert result.recomputed == [name] and result.skipped == list(scored[1].tracks)[1:]
+
+
+def test_unwritable_out_is_refused_before_separating(data, model_dir, tmp_path, monkeypatch):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    monkeypatch.setattr(evaluate_module, "_score_track",
+                        lambda *a: pytest.fail("separated before checking --out"))
+    with pytest.raises(D3NetError, match="file.txt is a file, not a folder"):
+        evaluate_mss(data, model_dir, out_dir=blocker / "scores", scorer="own", progress=False)

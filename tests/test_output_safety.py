@@ -142,5 +142,5 @@ def test_check_unique_outputs():
     check_unique_outputs([("a/song.wav", "song"), ("a/song.wav", "song"), ("b/x.wav", "x")])
     with pytest.raises(D3NetError, match=r"a/song.wav and b/song.wav would both be written"):
         check_unique_outputs([("a/song.wav", "song"), ("b/song.wav", "song")])
-    with pytest.raises(D3NetError, match="'Song' and 'song'"):
+    with pytest.raises(D3NetError, match="Song and song .one name on case-insensitive"):
         check_unique_outputs([("Song.wav", "Song"), ("song.flac", "song")])

@@ -192,3 +192,95 @@ def test_silent_estimate_is_scored_alone(scorer):
     assert scores["median"]["bass"]["SDR"] == pytest.approx(0.0, abs=1e-6)  # ||s||^2 / ||s||^2
     assert scores["median"]["vocals"]["SDR"] == pytest.approx(20.0, abs=1e-3)  # 10 log10(1 / 0.01)
     assert scores["median"]["drums"]["SDR"] == pytest.approx(20 * math.log10(2), abs=1e-3)
+
+
+# ------------------------------------------ length rule of every scoring entry point (issue 12)
+
+def _fit(array, length):
+    return np.pad(array, ((0, 0), (0, max(0, length - array.shape[1]))))[:, :length]
+
+
+@pytest.mark.parametrize("scorer", ["own", "museval"])
+@pytest.mark.parametrize("change", [+300, -300, "mixed"])
+def test_score_track_pads_or_cuts_estimates_before_the_accompaniment(scorer, change):
+    """The issue's case: estimates of another length than the references raised a numpy
+    broadcasting error once the accompaniment was summed. Longer, shorter and mixed
+    lengths must score exactly like estimates padded / cut by hand."""
+    if scorer == "museval" and not sdr.museval_available():
+        pytest.skip(f"museval unusable: {sdr.museval_problem()}")
+    refs = {k: v[:1] for k, v in _song(seconds=2.0).items()}  # mono keeps museval quick
+    n = refs["vocals"].shape[1]
+    rng = np.random.default_rng(3)
+    noisy = {k: v + 0.05 * rng.standard_normal((1, n + 300)).astype(np.float32)[:, :n]
+             for k, v in refs.items()}
+    offsets = dict(zip(sdr.SOURCES, (+300, -300, +7, -1))) if change == "mixed" else \
+        {k: change for k in refs}
+    lengths = {k: n + offsets[k] for k in refs}
+    ests = {k: _fit(np.pad(v, ((0, 0), (0, 300))), lengths[k]) for k, v in noisy.items()}
+    by_hand = {k: _fit(v, n) for k, v in ests.items()}
+    scores = sdr.score_track(refs, ests, SR, scorer=scorer)
+    expected = sdr.score_track(refs, by_hand, SR, scorer=scorer)
+    assert set(scores["median"]) == set(sdr.SOURCES) | {"accompaniment"}
+    for target in scores["frames"]:
+        np.testing.assert_allclose(scores["frames"][target]["SDR"],
+                                   expected["frames"][target]["SDR"], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("change", [+50, -50])
+def test_own_sdr_pads_or_cuts_the_estimate(change):
+    """Another public entry point: own_sdr broadcast-failed on a shorter estimate and
+    silently ignored the tail of a longer one without saying so."""
+    ref = _song(seconds=1.0)["vocals"]
+    est = _fit(0.8 * ref, ref.shape[1] + change)
+    np.testing.assert_allclose(sdr.own_sdr(ref, est, SR // 4, SR // 4),
+                               sdr.own_sdr(ref, _fit(est, ref.shape[1]), SR // 4, SR // 4))
+    with pytest.raises(D3NetError, match="channels"):
+        sdr.own_sdr(ref, est[:1], SR, SR)
+
+
+def test_mismatched_references_and_channels_raise_one_d3net_error():
+    refs = _song(seconds=1.0)
+    uneven = dict(refs, bass=refs["bass"][:, :-10])
+    with pytest.raises(D3NetError, match="references have different lengths.*bass"):
+        sdr.score_track(uneven, refs, SR, scorer="own")
+    mono_bass = dict(refs, bass=refs["bass"][:1])
+    with pytest.raises(D3NetError, match="bass estimate has 2 channels"):
+        sdr.score_track(mono_bass, refs, SR, scorer="own")
+    with pytest.raises(D3NetError, match=r"expected a \(channels, samples\) array"):
+        sdr.score_track(refs, dict(refs, vocals=refs["vocals"][None]), SR, scorer="own")
+
+
+# ------------------------------------------------ vocals-only: the vocals/accompaniment scenario
+
+@pytest.mark.parametrize("scorer", ["own", "museval"])
+def test_vocals_alone_are_scored_against_the_accompaniment(scorer):
+    """The issue's case: a vocals-only model got vocals SIR "-" (vocals scored with no
+    interferer). They are scored in museval's vocals/accompaniment scenario instead, and
+    the table's footer says so."""
+    if scorer == "museval" and not sdr.museval_available():
+        pytest.skip(f"museval unusable: {sdr.museval_problem()}")
+    song = {k: v[:1] for k, v in _song(seconds=3.0).items()}
+    accompaniment = song["drums"] + song["bass"] + song["other"]
+    refs = {"vocals": song["vocals"], "accompaniment": accompaniment}
+    ests = {"vocals": song["vocals"] + 0.2 * accompaniment,
+            "accompaniment": 0.9 * accompaniment + 0.1 * song["vocals"]}
+    scores = sdr.score_track(refs, ests, SR, scorer=scorer, accompaniment=False)
+    assert scores["scenarios"] == {"vocals": "vocals+accompaniment",
+                                   "accompaniment": "vocals+accompaniment"}
+    if scorer == "museval":
+        assert math.isfinite(scores["median"]["vocals"]["SIR"])
+        pair = sdr.score_track(refs, ests, SR, scorer="museval")
+        assert scores["frames"]["vocals"]["SIR"] == pair["frames"]["vocals"]["SIR"]
+    text = sdr.format_table(sdr.summarize([scores]), metrics=sdr.METRICS)
+    assert "scored together: vocals+accompaniment for Vocals, Acco." in text
+    assert "vocals/accompaniment scenario" in text
+    if scorer == "museval":
+        assert [c.strip() for c in text.splitlines()[3].split("|")][2] != "-"  # vocals SIR
+
+    # with all four sources, vocals keep the four-source scores (the official evaluation)
+    four = sdr.score_track(song, {k: 0.9 * v for k, v in song.items()}, SR, scorer="own")
+    assert four["scenarios"]["vocals"] == "vocals+drums+bass+other"
+    assert four["scenarios"]["accompaniment"] == "vocals+accompaniment"
+    note = sdr.scenario_note(sdr.summarize([four]))
+    assert note == ("scored together: vocals+drums+bass+other for Vocals, Drums, Bass, Other; "
+                    "vocals+accompaniment for Acco.")

@@ -191,19 +191,21 @@ def test_unsupported_mode_is_refused(model):
         Segmenter(model).predict_image(image)
 
 
-def test_segment_file_writes_label_ids_and_overlay(model, tmp_path):
+def test_segment_file_writes_label_ids_train_ids_and_overlay(model, tmp_path):
     path = tmp_path / "street.jpg"
     Image.fromarray(rgb_array(50, 90)).save(path)
-    label_path, overlay_path = Segmenter(model).segment_file(path, tmp_path / "out")
-    assert label_path == tmp_path / "out" / "street_labelIds.png"
-    assert overlay_path == tmp_path / "out" / "street_overlay.png"
-    labels = Image.open(label_path)
-    overlay = Image.open(overlay_path)
+    files = Segmenter(model).segment_file(path, tmp_path / "out")
+    assert files.train_ids == tmp_path / "out" / "street_trainIds.png"
+    assert files.label_ids == tmp_path / "out" / "street_labelIds.png"
+    assert files.overlay == tmp_path / "out" / "street_overlay.png"
+    labels = Image.open(files.train_ids)
+    overlay = Image.open(files.overlay)
     assert labels.mode == "L" and labels.size == (90, 50)
     assert overlay.mode == "RGB" and overlay.size == (90, 50)
     assert np.asarray(labels).max() < 19
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "street_labelIds.png", "street_overlay.png"]  # no temporary files left
+        "street_labelIds.png", "street_overlay.png",
+        "street_trainIds.png"]  # no temporary files left
 
 
 def test_find_images(tmp_path):
@@ -267,6 +269,7 @@ def test_cli_segments_files_and_folders(model, tmp_path, run_cli, capsys):
                     "--mode", "slide", "--crop", "32x32", "--flip", "--scales", "1,0.75", "-q"])
     assert code == 0
     assert Image.open(tmp_path / "out" / "city" / "a_labelIds.png").size == (64, 40)
+    assert Image.open(tmp_path / "out" / "city" / "a_trainIds.png").size == (64, 40)
     assert Image.open(tmp_path / "out" / "gray_overlay.png").size == (47, 33)
     assert capsys.readouterr().out == ""
 
@@ -299,3 +302,23 @@ def test_cli_bad_inputs_fail_with_one_line(model, tmp_path, run_cli, capsys, cas
     assert len(err.splitlines()) == 1 and "error" in err
     if case != "tta+scales":
         assert str(path) in err or path.name in err
+
+
+def test_cli_refuses_colliding_or_unwritable_outputs_before_loading(tmp_path, run_cli, capsys):
+    """Outputs that would be lost are refused before the model is even looked at (the
+    model path here does not exist): a name that differs only in case from another
+    (one file on macOS and Windows) and an -o that cannot be created."""
+    (tmp_path / "in").mkdir()
+    Image.fromarray(rgb_array(8, 8)).save(tmp_path / "in" / "Street.png")
+    Image.fromarray(rgb_array(8, 8)).save(tmp_path / "street.png")
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    cases = [([tmp_path / "in", tmp_path / "street.png"], tmp_path / "out",
+              "case-insensitive file systems"),
+             ([tmp_path / "street.png"], blocker / "out", "file.txt is a file, not a folder")]
+    for inputs, out, message in cases:
+        code = run_cli(["segment", *map(str, inputs), "-o", str(out), "--model",
+                        str(tmp_path / "no-model.safetensors"), "-q"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out").exists()

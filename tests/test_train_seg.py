@@ -170,7 +170,7 @@ def test_train_resume_evaluate_and_segment(scenes, tiny_yaml, tmp_path, capsys, 
     code = run_cli(["segment", str(image), "-o", str(tmp_path / "seg"), "--model", str(run),
                     "-q"])
     assert code == 0
-    labels = np.asarray(Image.open(tmp_path / "seg" / f"{image.stem}_labelIds.png"))
+    labels = np.asarray(Image.open(tmp_path / "seg" / f"{image.stem}_trainIds.png"))
     assert labels.shape == (64, 128) and labels.max() < 19
     assert (tmp_path / "seg" / f"{image.stem}_overlay.png").is_file()
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from .configs import MSSConfig, SegConfig, TARGETS, describe, load_config, preset
 from .errors import D3NetError
+from .utils import check_writable
 
 PathLike = Union[str, Path]
 Mapping = Dict[str, str]  # official name -> our state_dict key
@@ -313,6 +314,7 @@ def convert_nnabla(src: PathLike, dst: PathLike, config=None, task: Optional[str
             raise D3NetError(f"{src}: no .h5 files in this folder")
         if dst.suffix.lower() == ".safetensors":
             raise D3NetError(f"{dst}: converting a folder needs an output folder, not a file")
+        check_writable(dst)
         models = {}
         for file in files:
             model = load_nnabla(file, config, task=task)
@@ -326,5 +328,6 @@ def convert_nnabla(src: PathLike, dst: PathLike, config=None, task: Optional[str
         return [save(model, dst / f"{target}.safetensors") for target, model in models.items()]
     if dst.suffix.lower() != ".safetensors":
         raise D3NetError(f"{dst}: the output of a single-file conversion must end in .safetensors")
+    check_writable(dst.parent)
     model = load_nnabla(src, config, task=task, backbone_only=backbone_only)
     return [save(model, dst)]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .errors import D3NetError
+from .utils import check_writable
 
 TARGETS = ("vocals", "drums", "bass", "other")
 #: Demo and held-out evaluation songs use seeds from here; training songs use 64-bit hashed
@@ -54,6 +55,7 @@ def run_demo(out: Union[str, os.PathLike], seed: int = FIRST_DEMO_SEED,
     if not 0 <= seed < 2 ** 32:
         raise D3NetError(f"--seed must be in [0, 2**32), got {seed}")
     out = Path(out)
+    check_writable(out)
     sample_rate = 44100
     stems = generate_song(seed, seconds, sample_rate)
     truth = {t: np.asarray(stems[t], dtype=np.float32) for t in TARGETS}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -31,7 +31,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .configs import CITYSCAPES_MEAN, CITYSCAPES_STD
+from .data.cityscapes import (IMAGE_EXTENSIONS, NUM_CLASSES, image_to_array, normalize_image,
+                              read_image, train_ids_to_label_ids)
 from .errors import D3NetError
+from .utils import check_unique_outputs, check_writable
 
 PathLike = Union[str, os.PathLike]
 Size = Tuple[int, int]
@@ -44,8 +47,19 @@ TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 MIN_SIZE = 32
 #: Name of the weights file inside a segmentation model folder (a training run folder).
 MODEL_FILENAME = "model.safetensors"
-LABEL_SUFFIX = "_labelIds.png"
+#: Cityscapes label ids (0..33), the files Cityscapes' evaluation scripts and test server read.
+LABEL_IDS_SUFFIX = "_labelIds.png"
+#: Train ids (0..18 for Cityscapes; the model's class index for any model).
+TRAIN_IDS_SUFFIX = "_trainIds.png"
 OVERLAY_SUFFIX = "_overlay.png"
+
+
+class SegmentationFiles(NamedTuple):
+    """The files written for one image (see :func:`write_outputs`)."""
+
+    train_ids: Path
+    label_ids: Optional[Path]  # None unless the model predicts the 19 Cityscapes classes
+    overlay: Path
 
 
 def _pair(value: Union[int, Sequence[int]], name: str) -> Size:
@@ -255,7 +269,6 @@ class Segmenter(nn.Module):
         """A PIL image or uint8/uint16 array (any mode :func:`d3net.data.cityscapes.
         image_to_array` accepts) -> normalised ``(3, H, W)`` float32 with the model's
         mean/std."""
-        from .data.cityscapes import normalize_image
         return normalize_image(image, self.mean, self.std)
 
     def predict_image(self, image: Union[PathLike, Image.Image, np.ndarray]
@@ -272,16 +285,17 @@ class Segmenter(nn.Module):
         return _labels_uint8(probabilities.argmax(0)), probabilities
 
     def segment_file(self, path: PathLike, out_dir: PathLike,
-                     stem: Optional[str] = None, alpha: float = 0.5) -> Tuple[Path, Path]:
-        """Segment an image file and write ``<stem>_labelIds.png`` (8-bit grayscale train
-        ids) and ``<stem>_overlay.png`` (palette colours blended over the image) into
-        ``out_dir``, each atomically. Returns the two paths."""
+                     stem: Optional[str] = None, alpha: float = 0.5) -> SegmentationFiles:
+        """Segment an image file (EXIF orientation applied, see :func:`read_image`) and
+        write its files into ``out_dir`` with :func:`write_outputs`; Cityscapes label ids
+        only for a model of the 19 Cityscapes classes."""
         image = read_image(path)
         try:
             labels, _ = self.predict_image(image)
         except D3NetError as error:
             raise D3NetError(f"{path}: {error}") from None
-        return write_outputs(image, labels, out_dir, stem or Path(path).stem, alpha=alpha)
+        return write_outputs(image, labels, out_dir, stem or Path(path).stem, alpha=alpha,
+                             label_ids=self.num_classes == NUM_CLASSES)
 
     # ------------------------------------------------------------------ internals
 
@@ -381,15 +395,6 @@ class Segmenter(nn.Module):
 
 # ----------------------------------------------------------------------------- files
 
-def read_image(path: PathLike) -> Image.Image:
-    """Open and decode an image file, or raise :class:`D3NetError` naming it."""
-    path = Path(path)
-    if path.is_dir():
-        raise D3NetError(f"{path} is a folder, not an image")
-    from .data.cityscapes import read_image as _read
-    return _read(path)
-
-
 def _labels_uint8(labels: Tensor) -> np.ndarray:
     array = labels.cpu().numpy()
     if array.size and array.max() > 255:
@@ -400,26 +405,45 @@ def _labels_uint8(labels: Tensor) -> np.ndarray:
 def image_rgb_uint8(image: Union[Image.Image, np.ndarray]) -> np.ndarray:
     """The image as the network saw it, as RGB uint8 ``(H, W, 3)`` (16-bit scaled down,
     gray replicated, alpha dropped), for overlays."""
-    from .data.cityscapes import image_to_array
     return np.clip(np.rint(image_to_array(image)), 0, 255).astype(np.uint8)
 
 
 def write_outputs(image: Union[Image.Image, np.ndarray], labels: np.ndarray,
-                  out_dir: PathLike, stem: str, alpha: float = 0.5) -> Tuple[Path, Path]:
-    """Write ``<stem>_labelIds.png`` and ``<stem>_overlay.png`` into ``out_dir``."""
+                  out_dir: PathLike, stem: str, alpha: float = 0.5,
+                  label_ids: bool = True) -> SegmentationFiles:
+    """Write the label maps and the overlay of one image into ``out_dir``, atomically.
+
+    Args:
+        image: the image as segmented (for the overlay).
+        labels: uint8 train ids ``(H, W)``.
+        stem: file name stem (may contain ``/`` for sub-folders).
+        label_ids: also write Cityscapes label ids (only meaningful for a model of the
+            19 Cityscapes classes).
+
+    Files: ``<stem>_trainIds.png`` (8-bit grayscale train ids), ``<stem>_labelIds.png``
+    (8-bit grayscale Cityscapes label ids 0..33, the file Cityscapes' evaluation scripts
+    and test server read as ``*_labelIds.png``; mapped with
+    :func:`d3net.data.cityscapes.train_ids_to_label_ids`) and ``<stem>_overlay.png``
+    (palette colours blended over the image).
+    """
     from .palette import overlay
     from .utils import atomic_path
 
     out_dir = Path(out_dir)
-    label_path = out_dir / f"{stem}{LABEL_SUFFIX}"
-    overlay_path = out_dir / f"{stem}{OVERLAY_SUFFIX}"
+    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    files = SegmentationFiles(
+        train_ids=out_dir / f"{stem}{TRAIN_IDS_SUFFIX}",
+        label_ids=out_dir / f"{stem}{LABEL_IDS_SUFFIX}" if label_ids else None,
+        overlay=out_dir / f"{stem}{OVERLAY_SUFFIX}")
     blended = overlay(image_rgb_uint8(image), labels, alpha=alpha)
-    with atomic_path(label_path) as tmp:
-        Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="L").save(
-            tmp, format="PNG")
-    with atomic_path(overlay_path) as tmp:
+    with atomic_path(files.train_ids) as tmp:
+        Image.fromarray(labels, mode="L").save(tmp, format="PNG")
+    if files.label_ids is not None:
+        with atomic_path(files.label_ids) as tmp:
+            Image.fromarray(train_ids_to_label_ids(labels), mode="L").save(tmp, format="PNG")
+    with atomic_path(files.overlay) as tmp:
         Image.fromarray(blended, mode="RGB").save(tmp, format="PNG")
-    return label_path, overlay_path
+    return files
 
 
 def find_images(inputs: Sequence[PathLike]) -> List[Tuple[Path, str]]:
@@ -430,8 +454,6 @@ def find_images(inputs: Sequence[PathLike]) -> List[Tuple[Path, str]]:
     folder's layout. Missing inputs, empty folders and two inputs mapping to the same
     output name are errors.
     """
-    from .data.cityscapes import IMAGE_EXTENSIONS
-
     pairs: List[Tuple[Path, str]] = []
     for item in inputs:
         path = Path(item)
@@ -447,21 +469,22 @@ def find_images(inputs: Sequence[PathLike]) -> List[Tuple[Path, str]]:
             pairs.append((path, path.stem))
         else:
             raise D3NetError(f"input not found: {path}")
-    seen = {}
-    for file, stem in pairs:
-        if stem in seen and seen[stem] != file:
-            raise D3NetError(f"{seen[stem]} and {file} would both be written as {stem}"
-                             f"{LABEL_SUFFIX}; segment them into different output folders")
-        seen[stem] = file
+    check_unique_outputs(((file, f"{stem}{TRAIN_IDS_SUFFIX}") for file, stem in pairs),
+                         hint="segment them into different output folders")
     return list(dict.fromkeys(pairs))
 
 
 def segment_files(segmenter: Segmenter, inputs: Sequence[PathLike], out_dir: PathLike,
                   progress: bool = True, alpha: float = 0.5
-                  ) -> Iterator[Tuple[Path, Path, Path]]:
+                  ) -> Iterator[Tuple[Path, SegmentationFiles]]:
     """Segment image files and folders into ``out_dir`` (see :func:`find_images`);
-    yields ``(input, label PNG, overlay PNG)`` as each image is done."""
+    yields ``(input, files written)`` as each image is done.
+
+    Raises:
+        D3NetError: before any image is segmented, for a missing input, two inputs with
+            one output name, or an output folder that cannot be written.
+    """
     pairs = find_images(inputs)
+    check_writable(*{Path(out_dir, stem).parent for _, stem in pairs})
     for path, stem in tqdm(pairs, desc="segment", unit="image", disable=not progress):
-        label_path, overlay_path = segmenter.segment_file(path, out_dir, stem=stem, alpha=alpha)
-        yield path, label_path, overlay_path
+        yield path, segmenter.segment_file(path, out_dir, stem=stem, alpha=alpha)

@@ -121,29 +121,36 @@ def _nearest_existing(path: Path) -> Path:
         current = current.parent
 
 
-def check_unique_outputs(pairs: Iterable[Tuple[PathLike, str]], what: str = "output") -> None:
-    """Refuse inputs that would be written under the same output name.
+def check_unique_outputs(pairs: Iterable[Tuple[PathLike, str]],
+                         hint: str = "rename one, or write them in separate runs with "
+                                     "different output folders") -> None:
+    """Refuse, before any work, two inputs that would be written under one output name.
+
+    Names that differ only in letter case collide too: on the case-insensitive file
+    systems of macOS and Windows one would overwrite the other. The same input given
+    twice is not a collision.
 
     Args:
-        pairs: ``(input, output name)`` for every input.
-        what: how to call the output in the message (e.g. ``"output folder"``).
-
-    Names that differ only in letter case also collide: on the case-insensitive file
-    systems of macOS and Windows one would overwrite the other.
+        pairs: ``(input file, output name)`` for every input.
+        hint: what the user can do, appended to the message.
 
     Raises:
-        D3NetError: naming both inputs and the name they share.
+        D3NetError: naming both inputs and the output name.
     """
-    seen: dict[str, Tuple[Path, str]] = {}
+    seen: dict[str, Tuple[Path, str, str]] = {}
     for source, name in pairs:
         source = Path(source)
+        identity = os.path.realpath(source)
         key = name.casefold()
-        if key in seen and seen[key][0] != source:
-            first, first_name = seen[key]
-            same = name if first_name == name else f"{first_name!r} and {name!r}"
-            raise D3NetError(f"{first} and {source} would both be written to the {what} "
-                             f"{same}; give them different names or separate runs")
-        seen.setdefault(key, (source, name))
+        if key not in seen:
+            seen[key] = (source, name, identity)
+            continue
+        first, first_name, first_identity = seen[key]
+        if first_identity == identity:
+            continue
+        shared = name if first_name == name else \
+            f"{first_name} and {name} (one name on case-insensitive file systems)"
+        raise D3NetError(f"{first} and {source} would both be written as {shared}; {hint}")
 
 
 @contextlib.contextmanager

@@ -30,7 +30,10 @@ def _register_mss(tasks) -> None:
                     "d3net's own SDR when museval cannot be imported (it needs an ffmpeg "
                     "binary); prints vocals, drums, bass, other, accompaniment and average. "
                     "With --out, per-track museval JSON files are written to OUT/<subset>/ "
-                    "and tracks already scored there are skipped (resumable).")
+                    "with a record of the models and options that produced them; tracks "
+                    "already scored there by the same models and options are reused "
+                    "(resumable), files from other models or options are refused (or "
+                    "recomputed with --overwrite).")
     p.add_argument("--root", required=True, metavar="DIR", help="dataset root")
     p.add_argument("--model", metavar="M",
                    help="separation model folder (<target>.safetensors files, e.g. a training "
@@ -39,6 +42,9 @@ def _register_mss(tasks) -> None:
     p.add_argument("--subset", choices=["test", "train"], default="test",
                    help="which subset to score (default: test)")
     p.add_argument("--out", metavar="DIR", help="folder for the per-track JSON (resumable)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="recompute and replace per-track files in --out that other models, "
+                        "options or scorers produced (default: refuse them)")
     p.add_argument("--scorer", choices=["auto", "museval", "own"], default="auto",
                    help="auto (default): museval when it imports, else d3net's own SDR")
     p.add_argument("--tracks", metavar="NAMES", help="comma-separated track names only")
@@ -72,7 +78,7 @@ def run_mss(args: argparse.Namespace) -> int:
     result = evaluate_mss(
         args.root, _model_path(args), subset=args.subset, out_dir=args.out, scorer=args.scorer,
         progress=not args.quiet, device=args.device, wiener_iterations=args.wiener_iterations,
-        track_names=tracks, log=None if args.quiet else print)
+        track_names=tracks, log=None if args.quiet else print, overwrite=args.overwrite)
     print(result.format())
     if args.out and not args.quiet:
         print(f"per-track scores: {os.path.join(args.out, args.subset)}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from . import add_quiet
 
@@ -15,9 +16,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "segment", help="semantic segmentation of images (Cityscapes classes)",
         description="Segment images with a D3Net model. For every input image, writes "
-                    "OUTDIR/<stem>_labelIds.png (8-bit train ids 0..18) and "
+                    "OUTDIR/<stem>_labelIds.png (Cityscapes label ids 0..33, as Cityscapes' "
+                    "evaluation scripts and test server read them; for models of the 19 "
+                    "Cityscapes classes), OUTDIR/<stem>_trainIds.png (train ids 0..18) and "
                     "OUTDIR/<stem>_overlay.png (Cityscapes colours over the image); images "
-                    "found in a folder keep their relative path.")
+                    "found in a folder keep their relative path. Images are read as viewers "
+                    "show them (EXIF orientation applied).")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
     p.add_argument("--model", metavar="M",
@@ -82,12 +86,15 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import D3NetError
     from ..segment import Segmenter, find_images, segment_files
     from ..train.loop import resolve_device
+    from ..utils import check_writable
 
     if not 0.0 <= args.alpha <= 1.0:
         raise D3NetError(f"--alpha must be in [0, 1], got {args.alpha}")
     model = model_argument(args)
     options = inference_options(args)
-    find_images(args.inputs)  # fail on a missing input before loading the model
+    # a missing input, colliding names or an unwritable -o fail before loading the model
+    pairs = find_images(args.inputs)
+    check_writable(*{Path(args.output, stem).parent for _, stem in pairs})
     device = resolve_device(args.device)
     segmenter = Segmenter.from_file(model, device=device, **options)
     count = 0

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from . import add_quiet
 
+#: Every stem name separate can write (targets and the accompaniment).
+STEM_NAMES = ("vocals", "drums", "bass", "other", "accompaniment")
 NO_MODEL = ("no separation model given: pass --model DIR (a folder made by 'd3net convert "
             "nnabla d3net-mss/ -o DIR' from Sony's official weights, or by 'd3net train mss'), "
             "or --model demo for the small bundled model, or set D3NET_MODEL")
@@ -56,6 +58,26 @@ def output_name(path: Path) -> str:
     return path.stem
 
 
+def output_folders(inputs: list[Path], out_root: Path, fmt: str) -> dict[Path, Path]:
+    """Each input's output folder ``OUTDIR/<name>``, refusing, before any work, two inputs
+    that share a folder (``a/song.wav``, ``b/song.wav``, ``song.flac``) and an input that
+    one of the stems written into a folder would overwrite (``out/x/vocals.wav -o out``)."""
+    from ..errors import D3NetError
+    from ..utils import check_unique_outputs
+
+    check_unique_outputs(((path, str(out_root / output_name(path))) for path in inputs),
+                         hint="rename one, or separate them with different -o folders")
+    folders = {path: out_root / output_name(path) for path in inputs}
+    stem_files = {f"{name}.{fmt}" for name in STEM_NAMES}
+    by_folder = {os.path.realpath(folder): path for path, folder in folders.items()}
+    for other in inputs:
+        if other.name in stem_files and os.path.realpath(other.parent) in by_folder:
+            source = by_folder[os.path.realpath(other.parent)]
+            raise D3NetError(f"{other}: separating {source} into {other.parent} would "
+                             "overwrite this input; choose another -o folder")
+    return folders
+
+
 def resolve_model(model: str | None) -> Path:
     from ..errors import D3NetError
     if not model:
@@ -76,13 +98,17 @@ def run(args: argparse.Namespace) -> int:
     from ..audio import io
     from ..errors import D3NetError
     from ..separate import Separator
+    from ..utils import check_writable
 
     if args.format == "flac" and args.bits == 32:
         raise D3NetError("FLAC supports 16 or 24 bits only (use --format wav for 32-bit float)")
-    inputs = [Path(p) for p in args.inputs]
+    inputs = list(dict.fromkeys(Path(p) for p in args.inputs))
     for path in inputs:  # a typo should not cost a long run first
         if not path.is_file():
             raise D3NetError(f"{path}: no such file")
+    out_root = Path(args.out)
+    folders = output_folders(inputs, out_root, args.format)
+    check_writable(out_root, *folders.values())
     model_path = resolve_model(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
@@ -91,7 +117,6 @@ def run(args: argparse.Namespace) -> int:
         channel_flip=not args.no_flip, compat=args.compat, batch_size=args.batch_size,
         precision=args.precision, progress=not args.quiet)
 
-    out_root = Path(args.out)
     failures = []
     for path in tqdm(inputs, desc="songs", unit="song", disable=args.quiet or len(inputs) == 1):
         try:
@@ -104,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             failures.append(message)
             tqdm.write(f"d3net separate: skipped {message}", file=sys.stderr)
             continue
-        folder = out_root / output_name(path)
+        folder = folders[path]
         for name, stem in stems.items():
             io.save(folder / f"{name}.{args.format}", stem, rate, bits=args.bits)
         if not args.quiet:

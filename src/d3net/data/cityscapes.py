@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import D3NetError
 from ..palette import IGNORE_INDEX
@@ -47,6 +47,10 @@ for _label_id, _train_id in LABEL_ID_TO_TRAIN_ID.items():
 _TRAIN_TO_LABEL_LUT = np.zeros(256, dtype=np.uint8)
 for _train_id, _label_id in TRAIN_ID_TO_LABEL_ID.items():
     _TRAIN_TO_LABEL_LUT[_train_id] = _label_id
+
+#: EXIF tag holding how a camera's stored pixels must be turned for display (1 = as stored,
+#: 2..8 = mirrored and/or turned by 90, 180 or 270 degrees).
+EXIF_ORIENTATION = 0x0112
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -320,11 +324,27 @@ class Sample:
 
 
 def read_image(path: Union[str, os.PathLike]) -> Image.Image:
-    """Open and decode an image file, or raise :class:`D3NetError` naming it."""
+    """Open and decode an image file the way image viewers show it.
+
+    The one function through which d3net reads images: for inference
+    (:class:`d3net.segment.Segmenter`), training data and evaluation (the datasets here),
+    label PNGs included. An EXIF orientation (phone photos are often stored landscape with
+    "turn 90 degrees" in their EXIF) is applied with Pillow's ``ImageOps.exif_transpose``,
+    so that labels and overlays line up with the photo as every viewer displays it. An
+    image without one is returned as decoded (no copy): the check reads a tag Pillow has
+    already parsed.
+
+    Raises:
+        D3NetError: naming the file, when it is missing, a folder or not a readable image.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise D3NetError(f"{path} is a folder, not an image")
     try:
         image = Image.open(path)
         image.load()  # decodes and, for single-frame files, closes the file
+        if image.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9):
+            image = ImageOps.exif_transpose(image)
         return image
     except FileNotFoundError:
         raise D3NetError(f"image file not found: {path}") from None
@@ -384,8 +404,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
             return image, None
         label = read_label(sample.label, sample.label_ids)
         if label.shape != (image.height, image.width):
-            raise D3NetError(f"label {sample.label} is {label.shape[1]}x{label.shape[0]} "
-                             f"but image {sample.image} is {image.width}x{image.height}")
+            turned = label.shape == (image.width, image.height)
+            raise D3NetError(
+                f"label {sample.label} is {label.shape[1]}x{label.shape[0]} but image "
+                f"{sample.image} is {image.width}x{image.height}" + (
+                    " as displayed (d3net applies the image's EXIF orientation, as viewers "
+                    "do): annotate the image as displayed, or remove its orientation tag"
+                    if turned else ""))
         invalid = (label >= self.num_classes) & (label != self.ignore_index)
         if invalid.any():
             raise D3NetError(f"label {sample.label} holds id {int(label[invalid][0])}, outside "

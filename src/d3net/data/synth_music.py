@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from d3net.data.musdb import SOURCES
 from d3net.errors import D3NetError
-from d3net.utils import PathLike, atomic_path
+from d3net.utils import PathLike, atomic_path, check_writable
 
 
 SCALES = {
@@ -940,6 +940,7 @@ def generate_dataset(out: PathLike, tracks: int = 10, seconds: float = 20.0, see
     if unknown or any(int(v) < 0 for v in counts.values()) or sum(counts.values()) < 1:
         raise D3NetError(f"subsets must give non-negative 'train'/'test' counts, got {subsets}")
     _check_args(seconds, sample_rate)
+    check_writable(out)
     jobs = [(subset, i) for subset in ("train", "test") for i in range(int(counts.get(subset, 0)))]
     folders: list[Path] = []
     songs = []

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ..errors import D3NetError
 from ..palette import IGNORE_INDEX
-from ..utils import atomic_path
+from ..utils import atomic_path, check_writable
 from .cityscapes import train_ids_to_label_ids
 
 # Train ids, named for readability.
@@ -725,6 +725,7 @@ def generate_dataset(out: Union[str, os.PathLike], images: int = 20,
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise D3NetError(f"output {out} exists and is not a folder")
+    check_writable(out)
     sizes = split_sizes(int(images), splits)
     height, width = (int(s) for s in size)
     if height < 32 or width < 32:

@@ -6,8 +6,12 @@ patches, channel flip, one Wiener iteration), scored with
 else the project's own framewise SDR, and the result says which), and summarised as the
 median over 1 s frames, then the median over tracks, for vocals, drums, bass, other,
 accompaniment and their average. Per-track scores go to ``out_dir/<subset>/<track>.json``
-in museval's format; tracks whose file is already there (scored with the same scorer)
-are skipped, so an interrupted evaluation resumes where it stopped.
+in museval's format, with a record of what produced them (:func:`provenance`: the
+fingerprint of every model, the separation options, the scorer and its version, the d3net
+version). A track whose file is already there is skipped, so an interrupted evaluation
+resumes where it stopped, but only when that record equals the current one: a file
+produced by another model, other options or another scorer (or with no record) is refused
+with one line, or recomputed and replaced with ``overwrite=True``.
 """
 from __future__ import annotations
 
@@ -20,8 +24,11 @@ import torch
 
 from ..data import musdb
 from ..errors import D3NetError
-from ..utils import PathLike
+from ..utils import PathLike, check_writable
 from . import sdr
+
+#: The Separator settings that change the estimates, recorded with every result.
+SEPARATION_OPTIONS = ("wiener_iterations", "channel_flip", "compat", "precision", "backend")
 
 
 @dataclass
@@ -33,12 +40,15 @@ class MSSEvaluation:
         tracks: track name -> scores (:func:`d3net.evaluate.sdr.score_track`'s form).
         scorer: ``"museval"`` or ``"own"``.
         skipped: tracks whose scores were read back from ``out_dir`` instead of computed.
+        recomputed: tracks whose file in ``out_dir`` came from other models or options and
+            was replaced (``overwrite=True``).
     """
 
     table: sdr.ScoreTable
     tracks: Dict[str, dict]
     scorer: str
     skipped: List[str] = field(default_factory=list)
+    recomputed: List[str] = field(default_factory=list)
 
     def format(self) -> str:
         """The summary table: SDR only with the own scorer, all four metrics with museval."""
@@ -62,11 +72,54 @@ def resolve_scorer(scorer: str = "auto") -> tuple[str, Optional[str]]:
     return scorer, None
 
 
+def provenance(separator, scorer: str) -> dict:
+    """What produces a track's scores: ``{"models": {target: fingerprint}, "separation":
+    {option: value}, "scorer", "scorer_version", "d3net_version"}`` (JSON-ready).
+
+    ``fingerprint`` is :func:`d3net.models.fingerprint` (config and weights, wherever the
+    file came from); ``separation`` holds the :data:`SEPARATION_OPTIONS` the separator has.
+    """
+    from .. import __version__
+    from ..models import fingerprint
+
+    options = {}
+    for name in SEPARATION_OPTIONS:
+        value = getattr(separator, name, None)
+        options[name] = value if value is None or isinstance(value, (bool, int, float, str)) \
+            else str(value)
+    return {"models": {target: fingerprint(model) for target, model in separator.models.items()},
+            "separation": options, "scorer": scorer,
+            "scorer_version": sdr.scorer_version(scorer), "d3net_version": __version__}
+
+
+def _difference(recorded: Optional[dict], current: dict) -> Optional[str]:
+    """``None`` when a stored record equals the current one, else what differs (words)."""
+    if not recorded:
+        return "it holds no record of the model and options that produced it"
+    if recorded.get("models") != current["models"]:
+        old, new = recorded.get("models") or {}, current["models"]
+        if set(old) != set(new):
+            return (f"it was produced by other models (targets {'+'.join(sorted(old))} then, "
+                    f"{'+'.join(sorted(new))} now)")
+        changed = sorted(t for t in new if old[t] != new[t])
+        return f"it was produced by other models ({', '.join(changed)}: other weights)"
+    for key in ("separation", "scorer", "scorer_version", "d3net_version"):
+        if recorded.get(key) != current[key]:
+            old, new = recorded.get(key), current[key]
+            if isinstance(new, dict) and isinstance(old, dict):
+                names = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                return "it was produced with other options (" + ", ".join(
+                    f"{k} {old.get(k)!r} then, {new.get(k)!r} now" for k in names) + ")"
+            return f"it was produced with another {key.replace('_', ' ')} ({old!r} then, {new!r} now)"
+    return None
+
+
 def evaluate_mss(root: PathLike, model_dir: PathLike, subset: str = "test",
                  out_dir: Optional[PathLike] = None, scorer: str = "auto",
                  progress: bool = True, device: Union[str, torch.device, None] = None,
                  wiener_iterations: int = 1, track_names: Optional[Sequence[str]] = None,
-                 log: Optional[Callable[[str], None]] = None) -> MSSEvaluation:
+                 log: Optional[Callable[[str], None]] = None,
+                 overwrite: bool = False) -> MSSEvaluation:
     """Separate and score every track of ``root/<subset>``.
 
     Args:
@@ -75,16 +128,24 @@ def evaluate_mss(root: PathLike, model_dir: PathLike, subset: str = "test",
             targets; e.g. a training run folder) or one model file.
         subset: ``"test"`` (default) or ``"train"``.
         out_dir: where the per-track museval JSON files go (``out_dir/<subset>/``);
-            ``None`` writes nothing (and resumes nothing).
+            ``None`` writes nothing (and resumes nothing). Files already there are reused
+            when their record of what produced them (:func:`provenance`) matches.
         scorer: ``"auto"`` (museval when importable, else own), ``"museval"`` or ``"own"``.
         progress: tqdm bars over tracks and patches.
         device: where the networks run (default: CUDA when available).
         wiener_iterations: 0 = mixture phase only, 1 = the official filter.
         track_names: evaluate only these tracks.
         log: receives informational lines (e.g. which scorer is used); default: none.
+        overwrite: recompute and replace the files in ``out_dir`` produced by other models,
+            options or scorers instead of refusing them.
 
     Returns:
         An :class:`MSSEvaluation`.
+
+    Raises:
+        D3NetError: a missing model, track or dataset; ``out_dir`` cannot be written; a
+            file in ``out_dir`` for one of the tracks was produced by other models or
+            options (and ``overwrite`` is false): nothing is separated then.
     """
     from tqdm.auto import tqdm
 
@@ -101,33 +162,50 @@ def evaluate_mss(root: PathLike, model_dir: PathLike, subset: str = "test",
             raise D3NetError(f"no track(s) {', '.join(missing)} in {Path(root) / subset}")
         tracks = [t for t in tracks if t.name in set(track_names)]
     used, note = resolve_scorer(scorer)
+    if out_dir is not None:
+        check_writable(Path(out_dir) / subset)
+    separator = Separator.from_dir(model_dir, device=resolve_device(device),
+                                   wiener_iterations=wiener_iterations)
+    record = provenance(separator, used)
     if note:
         say(note)
     else:
         say(f"scoring with {used}")
 
     done: Dict[str, dict] = {}
+    recomputed: List[str] = []
     if out_dir is not None:
-        for name, scores in sdr.load_results(Path(out_dir) / subset).items():
-            if scores.get("scorer") == used:
-                done[name] = scores
+        stored = sdr.load_results(Path(out_dir) / subset)
+        for track in tracks:
+            if track.name not in stored:
+                continue
+            problem = _difference(stored[track.name].get("provenance"), record)
+            if problem is None:
+                done[track.name] = stored[track.name]
+            elif overwrite:
+                recomputed.append(track.name)
+            else:
+                path = sdr.track_json_path(out_dir, track.name, subset)
+                raise D3NetError(f"{path}: not reused because {problem}; pass --overwrite "
+                                 "to recompute and replace it, or use another --out folder")
     pending = [t for t in tracks if t.name not in done]
     skipped = [t.name for t in tracks if t.name in done]
     if skipped:
-        say(f"{len(skipped)} of {len(tracks)} track(s) already scored in {out_dir}: skipped")
+        say(f"{len(skipped)} of {len(tracks)} track(s) already scored in {out_dir} by the "
+            "same models and options: reused")
+    if recomputed:
+        say(f"{len(recomputed)} track(s) in {out_dir} were scored by other models or options: "
+            "recomputing them")
 
     results = {name: done[name] for name in skipped}
-    if pending:
-        separator = Separator.from_dir(model_dir, device=resolve_device(device),
-                                       wiener_iterations=wiener_iterations)
-        for track in tqdm(pending, desc=f"evaluating {subset}", unit="track",
-                          disable=not progress):
-            results[track.name] = _score_track(separator, track, used, progress, say)
-            if out_dir is not None:
-                sdr.save_track_json(sdr.track_json_path(out_dir, track.name, subset),
-                                    track.name, results[track.name])
+    for track in tqdm(pending, desc=f"evaluating {subset}", unit="track", disable=not progress):
+        results[track.name] = _score_track(separator, track, used, progress, say)
+        results[track.name]["provenance"] = record
+        if out_dir is not None:
+            sdr.save_track_json(sdr.track_json_path(out_dir, track.name, subset),
+                                track.name, results[track.name])
     ordered = {t.name: results[t.name] for t in tracks}
-    return MSSEvaluation(sdr.summarize(ordered), ordered, used, skipped)
+    return MSSEvaluation(sdr.summarize(ordered), ordered, used, skipped, recomputed)
 
 
 def _score_track(separator, track: musdb.MUSDBTrack, scorer: str, progress: bool,
@@ -154,4 +232,5 @@ def _score_track(separator, track: musdb.MUSDBTrack, scorer: str, progress: bool
                            accompaniment=False)
 
 
-__all__ = ["MSSEvaluation", "evaluate_mss", "resolve_scorer"]
+__all__ = ["MSSEvaluation", "SEPARATION_OPTIONS", "evaluate_mss", "provenance",
+           "resolve_scorer"]

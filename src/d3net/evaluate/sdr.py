@@ -5,9 +5,14 @@ Two scorers:
 * ``"museval"``: BSSEval v4 (``museval.evaluate``, "images" metrics, distortion filters
   over the whole track, 1 s windows with a 1 s hop), the metric MUSDB18 results are
   reported in. Like the official D3Net evaluation (``museval.eval_mus_track`` on the four
-  estimates), the four sources are scored together; ``accompaniment`` is scored together
-  with ``vocals`` as a second scenario (museval's voc/acc scenario), keeping the
-  four-source scores for vocals. ``museval`` imports ``musdb`` -> ``stempeg``, which
+  estimates), the sources are scored together; ``accompaniment`` is scored together
+  with ``vocals`` as a second scenario (museval's vocals/accompaniment scenario). Vocals
+  keep their scores from the sources scored together when there are several; a vocals
+  estimate alone (a vocals-only model) has no interferer there (no SIR), so it takes its
+  scores from the vocals/accompaniment scenario, as museval users of two-stem models
+  expect. The result records which sources each target was scored with
+  (``"scenarios"``), and :func:`format_table` says so under the table.
+  ``museval`` imports ``musdb`` -> ``stempeg``, which
   raises at import time when no ``ffmpeg`` binary is on the PATH:
   :func:`museval_available` reports that.
 * ``"own"``: per 1 s frame ``10 log10(||s||^2 / ||s - s_hat||^2)`` summed over channels
@@ -17,6 +22,11 @@ Two scorers:
   SAR need those projections and are NaN with this scorer. It is fast, where museval
   solves a ``(sources x channels x 512)``-square linear system per source and takes
   tens of seconds or more per track.
+
+Lengths: every estimate is padded with zeros or cut to its reference's length before
+anything else (the accompaniment is derived afterwards); references must share one length
+and each estimate must have its reference's channel count, otherwise one
+:class:`~d3net.errors.D3NetError` says which.
 
 Frames follow museval: ``floor((samples - win) / hop) + 1`` full windows (one window when
 the track is shorter than ``win``). As in museval, a frame is NaN for all sources scored
@@ -91,6 +101,15 @@ def _museval_version() -> str:
         return "n/a"
 
 
+def scorer_version(scorer: str) -> str:
+    """The version of the code behind a scorer: museval's for ``"museval"``, d3net's for
+    ``"own"`` (recorded with per-track results so that they are reused only alike)."""
+    if scorer == "museval":
+        return f"museval {_museval_version()}"
+    from d3net import __version__
+    return f"d3net {__version__}"
+
+
 # ----------------------------------------------------------------------------------------
 # scoring one track
 # ----------------------------------------------------------------------------------------
@@ -104,7 +123,16 @@ def _frames(samples: int, win: int, hop: int) -> list[slice]:
 
 def own_sdr(reference: np.ndarray, estimate: np.ndarray, win: int, hop: int) -> np.ndarray:
     """Framewise SDR in dB of one ``(channels, samples)`` estimate; NaN where the
-    reference frame is silent."""
+    reference frame is silent.
+
+    The estimate is padded with zeros or cut to the reference's length (as in
+    :func:`score_track`); ``win`` and ``hop`` are in samples.
+
+    Raises:
+        D3NetError: arrays that are not ``(channels, samples)``, different channel counts.
+    """
+    reference = _audio(reference, "reference")
+    estimate = _fit(_audio(estimate, "estimate"), reference, "estimate")
     values = []
     for frame in _frames(reference.shape[-1], win, hop):
         ref = reference[:, frame].astype(np.float64)
@@ -118,37 +146,53 @@ def own_sdr(reference: np.ndarray, estimate: np.ndarray, win: int, hop: int) -> 
     return np.array(values)
 
 
+def _audio(value, what: str) -> np.ndarray:
+    """A float64 ``(channels, samples)`` array (1-D = mono), or a D3NetError."""
+    array = np.atleast_2d(np.asarray(value, dtype=np.float64))
+    if array.ndim != 2:
+        raise D3NetError(f"{what}: expected a (channels, samples) array, got shape {array.shape}")
+    return array
+
+
+def _fit(estimate: np.ndarray, reference: np.ndarray, what: str) -> np.ndarray:
+    """``estimate`` padded with zeros or cut to the reference's length."""
+    if estimate.shape[0] != reference.shape[0]:
+        raise D3NetError(f"{what} has {estimate.shape[0]} channels, the reference "
+                         f"{reference.shape[0]}")
+    length = reference.shape[1]
+    if estimate.shape[1] < length:
+        return np.pad(estimate, ((0, 0), (0, length - estimate.shape[1])))
+    return estimate[:, :length]
+
+
 def _prepare(references: Mapping[str, np.ndarray], estimates: Mapping[str, np.ndarray],
              accompaniment: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Matching float64 ``(channels, samples)`` arrays; estimates padded / cut to the
-    reference length; accompaniment derived from drums + bass + other where missing."""
-    refs = {k: np.atleast_2d(np.asarray(v, dtype=np.float64)) for k, v in references.items()}
-    ests = {k: np.atleast_2d(np.asarray(v, dtype=np.float64)) for k, v in estimates.items()}
+    """Matching float64 ``(channels, samples)`` arrays for the targets present in both:
+    estimates padded / cut to the reference length first, then the accompaniment derived
+    from drums + bass + other where it is missing."""
+    refs = {k: _audio(v, f"{k} reference") for k, v in references.items()}
+    lengths = {v.shape[1] for v in refs.values()}
+    if len(lengths) > 1:
+        raise D3NetError("references have different lengths " + ", ".join(
+            f"{k} {v.shape[1]}" for k, v in refs.items()))
+    ests = {k: _audio(v, f"{k} estimate") for k, v in estimates.items()}
+    ests = {k: _fit(v, refs[k], f"the {k} estimate") for k, v in ests.items() if k in refs} | \
+        {k: v for k, v in ests.items() if k not in refs}
     parts = ("drums", "bass", "other")
     if accompaniment:
-        for store in (refs, ests):
+        for what, store in (("references", refs), ("estimates", ests)):
             if "accompaniment" not in store and all(p in store for p in parts):
+                shapes = {store[p].shape for p in parts}
+                if len(shapes) > 1:
+                    raise D3NetError(f"cannot sum drums, bass and other {what} of shapes "
+                                     f"{sorted(shapes)} into the accompaniment")
                 store["accompaniment"] = sum(store[p] for p in parts)
     targets = [t for t in ests if t in refs]
     if not targets:
         raise D3NetError(f"no target to score: estimates {sorted(ests)} and references "
                          f"{sorted(refs)} have no name in common")
-    out_refs, out_ests = {}, {}
-    for t in targets:
-        ref, est = refs[t], ests[t]
-        if ref.ndim != 2 or est.ndim != 2:
-            raise D3NetError(f"{t}: expected (channels, samples) arrays, got reference "
-                             f"{ref.shape} and estimate {est.shape}")
-        if ref.shape[0] != est.shape[0]:
-            raise D3NetError(f"{t}: the estimate has {est.shape[0]} channels, the reference "
-                             f"{ref.shape[0]}")
-        if est.shape[1] < ref.shape[1]:
-            est = np.pad(est, ((0, 0), (0, ref.shape[1] - est.shape[1])))
-        out_refs[t], out_ests[t] = ref, est[:, :ref.shape[1]]
-    lengths = {v.shape[1] for v in out_refs.values()}
-    if len(lengths) > 1:
-        raise D3NetError(f"references have different lengths {sorted(lengths)}")
-    return out_refs, out_ests
+    return {t: refs[t] for t in targets}, {t: _fit(ests[t], refs[t], f"the {t} estimate")
+                                           for t in targets}
 
 
 def _own_group(refs: dict[str, np.ndarray], ests: dict[str, np.ndarray], names: list[str],
@@ -189,9 +233,11 @@ def score_track(references: Mapping[str, np.ndarray], estimates: Mapping[str, np
     """Score the estimates of one track.
 
     Args:
-        references: target name -> true ``(channels, samples)`` audio.
-        estimates: target name -> estimated audio (padded / cut to the reference length).
-            Targets present in both are scored.
+        references: target name -> true ``(channels, samples)`` audio (1-D = mono), all of
+            one length.
+        estimates: target name -> estimated audio of any length: padded with zeros or cut
+            to the reference length before anything else. Targets present in both are
+            scored.
         sample_rate: Hz (sets the 1 s window).
         scorer: ``"museval"``, ``"own"`` or ``"auto"`` (museval when it imports, else own).
         accompaniment: derive ``accompaniment = drums + bass + other`` (reference and
@@ -201,7 +247,14 @@ def score_track(references: Mapping[str, np.ndarray], estimates: Mapping[str, np
     Returns:
         ``{"scorer": "museval" | "own", "sample_rate", "win", "hop",
         "frames": {target: {metric: list of per-frame dB}},
-        "median": {target: {metric: dB}}}`` (NaN where undefined).
+        "median": {target: {metric: dB}},
+        "scenarios": {target: the targets it was scored together with, "+"-joined}}``
+        (NaN where undefined).
+
+    Raises:
+        D3NetError: an unknown scorer or museval unusable; arrays that are not
+            ``(channels, samples)``; references of different lengths; an estimate with
+            another channel count than its reference; no target in common.
     """
     if scorer not in ("auto", "museval", "own"):
         raise D3NetError(f"scorer must be 'auto', 'museval' or 'own', got {scorer!r}")
@@ -215,14 +268,19 @@ def score_track(references: Mapping[str, np.ndarray], estimates: Mapping[str, np
         raise D3NetError(f"window and hop must be at least one sample, got {win} and {hop}")
 
     # the sources are scored together; accompaniment together with vocals (museval's
-    # voc/acc scenario), keeping the four-source scores for vocals
+    # vocals/accompaniment scenario). Vocals keep the sources' scores, unless they are
+    # the only source: alone they have no interferer, so they take the pair's scores.
     group = [n for n in SOURCES if n in refs] + [
         n for n in refs if n not in SOURCES and n != "accompaniment"]
+    pair = ((["vocals"] if "vocals" in refs else []) + ["accompaniment"]
+            if "accompaniment" in refs else [])
+    if group == ["vocals"] and pair:
+        group = []
     groups = [(group, group)] if group else []
-    if "accompaniment" in refs:
-        groups.append(((["vocals"] if "vocals" in refs else []) + ["accompaniment"],
-                       ["accompaniment"]))
+    if pair:
+        groups.append((pair, [n for n in pair if n not in group]))
     frames: dict[str, dict[str, np.ndarray]] = {}
+    scenarios: dict[str, str] = {}
     for members, keep in groups:
         # BSSEval refuses a reference or estimate that is silent everywhere (an untrained
         # model may output zeros): such a target is scored alone with the own SDR
@@ -234,10 +292,12 @@ def score_track(references: Mapping[str, np.ndarray], estimates: Mapping[str, np
         elif together:
             scored.update(_own_group(refs, ests, together, win, hop))
         frames.update({n: scored[n] for n in keep})
+        scenarios.update({n: "+".join(members) for n in keep})
 
     order = [n for n in COLUMNS if n in frames] + [n for n in frames if n not in COLUMNS]
     result = {"scorer": scorer, "sample_rate": int(sample_rate), "win": win_seconds,
-              "hop": hop_seconds, "frames": {}, "median": {}}
+              "hop": hop_seconds, "frames": {}, "median": {},
+              "scenarios": {n: scenarios[n] for n in order}}
     for name in order:
         per_metric = {m: np.where(np.isinf(frames[name][m]), np.nan, frames[name][m])
                       for m in METRICS}
@@ -277,6 +337,9 @@ def save_track_json(path: PathLike, track_name: str, scores: dict) -> Path:
     document = {"targets": targets, "museval_version": _museval_version(),
                 "scorer": scores["scorer"], "track": track_name,
                 "sample_rate": scores.get("sample_rate")}
+    for key in ("scenarios", "provenance"):  # which sources were scored together; what
+        if scores.get(key):                  # produced the estimates (models, options)
+            document[key] = scores[key]
     text = json.dumps(document, indent=2)  # undefined frames are written NaN, as museval does
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -305,7 +368,9 @@ def load_track_json(path: PathLike) -> dict:
     return {"scorer": document.get("scorer", "museval"), "track": document.get("track", path.stem),
             "sample_rate": document.get("sample_rate"), "win": win, "hop": hop,
             "frames": frames,
-            "median": {t: {m: _nanmedian(v[m]) for m in METRICS} for t, v in frames.items()}}
+            "median": {t: {m: _nanmedian(v[m]) for m in METRICS} for t, v in frames.items()},
+            "scenarios": dict(document.get("scenarios") or {}),
+            "provenance": document.get("provenance")}
 
 
 def load_results(out_dir: PathLike) -> dict[str, dict]:
@@ -336,12 +401,14 @@ class ScoreTable:
     """Median over frames, then median over tracks, per metric and column.
 
     ``values[metric][column]`` in dB (NaN where no track has the target); columns are
-    :data:`COLUMNS`.
+    :data:`COLUMNS`. ``scenarios[column]``: the sources its target was scored together
+    with (``"vocals+accompaniment"``, ...), over the tracks that record it.
     """
 
     values: dict[str, dict[str, float]]
     num_tracks: int
     scorers: list[str] = field(default_factory=list)
+    scenarios: dict[str, list[str]] = field(default_factory=dict)
 
     def __getitem__(self, metric: str) -> dict[str, float]:
         return self.values[metric]
@@ -368,7 +435,11 @@ def summarize(per_track_scores: Mapping[str, dict] | Iterable[dict]) -> ScoreTab
         present = [row[c] for c in SOURCES if not math.isnan(row[c])]
         row["average"] = float(np.mean(present)) if present else math.nan
         values[metric] = row
-    return ScoreTable(values, len(scores), sorted({s.get("scorer", "?") for s in scores}))
+    scenarios = {column: sorted({s["scenarios"][column] for s in scores
+                                 if column in s.get("scenarios", {})})
+                 for column in COLUMNS[:-1]}
+    return ScoreTable(values, len(scores), sorted({s.get("scorer", "?") for s in scores}),
+                      {column: found for column, found in scenarios.items() if found})
 
 
 def _cell(value: float) -> str:
@@ -383,7 +454,26 @@ def format_table(table: ScoreTable, metrics: Iterable[str] = ("SDR",),
             for m in metrics]
     note = (f"median over 1 s frames, then over {table.num_tracks} track"
             f"{'s' if table.num_tracks != 1 else ''}; scorer: {', '.join(table.scorers) or '-'}")
-    return _markdown(header, rows) + "\n" + note
+    scenarios = scenario_note(table)
+    return _markdown(header, rows) + "\n" + note + ("\n" + scenarios if scenarios else "")
+
+
+def scenario_note(table: ScoreTable) -> str:
+    """One line saying which sources each column was scored together with, e.g.
+    ``scored together: vocals+drums+bass+other for Vocals, Drums, Bass, Other;
+    vocals+accompaniment for Acco.``; empty when the results do not record it."""
+    by_scenario: dict[str, list[str]] = {}
+    for column in COLUMNS[:-1]:
+        for scenario in table.scenarios.get(column, ()):
+            by_scenario.setdefault(scenario, []).append(_HEADERS[column])
+    if not by_scenario:
+        return ""
+    note = "scored together: " + "; ".join(
+        f"{scenario} for {', '.join(columns)}" for scenario, columns in by_scenario.items())
+    if "vocals+accompaniment" in table.scenarios.get("vocals", ()):
+        note += (" (vocals without the other three sources are scored against the "
+                 "accompaniment: museval's vocals/accompaniment scenario)")
+    return note
 
 
 def format_comparison(tables: Mapping[str, ScoreTable], metric: str = "SDR") -> str:
@@ -407,5 +497,6 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 __all__ = [
     "METRICS", "COLUMNS", "museval_available", "museval_problem", "own_sdr", "score_track",
     "track_json_path", "save_track_json", "load_track_json", "load_results", "load_scored",
-    "ScoreTable", "summarize", "format_table", "format_comparison",
+    "ScoreTable", "summarize", "format_table", "format_comparison", "scenario_note",
+    "scorer_version",
 ]
