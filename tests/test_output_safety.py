@@ -144,3 +144,97 @@ def test_check_unique_outputs():
         check_unique_outputs([("a/song.wav", "song"), ("b/song.wav", "song")])
     with pytest.raises(D3NetError, match="Song and song .one name on case-insensitive"):
         check_unique_outputs([("Song.wav", "Song"), ("song.flac", "song")])
+
+
+# ------------------------------------------------- every command checks its output first
+
+def _commands(tmp, out):
+    """(argv, function that must not run) for every command that writes, with ``out``
+    as its output location."""
+    import h5py
+    import numpy as np
+
+    import soundfile
+
+    weights = tmp / "weights.h5"
+    with h5py.File(weights, "w") as f:
+        f["x"] = np.zeros(1)
+    track = tmp / "test" / "song"  # a one-track MUSDB18-HQ layout
+    track.mkdir(parents=True)
+    for source in ("mixture", "vocals", "drums", "bass", "other"):
+        soundfile.write(str(track / f"{source}.wav"), np.zeros((4410, 2)), 44100)
+    return {
+        "train mss": (["train", "mss", "--root", str(tmp), "--target", "vocals", "--out",
+                       str(out)], ("d3net.train.mss", "train_mss")),
+        "train seg": (["train", "seg", "--root", str(tmp), "--out", str(out)],
+                      ("d3net.train.seg", "train_seg")),
+        "convert": (["convert", "nnabla", str(weights), "-o", str(out / "m.safetensors")],
+                    ("d3net.convert", "load_nnabla")),
+        "convert folder": (["convert", "nnabla", str(tmp), "-o", str(out)],
+                           ("d3net.convert", "load_nnabla")),
+        "synth-musdb": (["data", "synth-musdb", "--out", str(out), "--tracks", "2"],
+                        ("d3net.data.synth_music", "_render_song")),
+        "synth-cityscapes": (["data", "synth-cityscapes", "--out", str(out), "--images", "1"],
+                             ("d3net.data.synth_scenes", "split_sizes")),
+        "demo": (["demo", "-o", str(out)], ("d3net.data.synth_music", "generate_song")),
+        "receptive-field": (["receptive-field", "--plot", str(out / "rf.png")],
+                            ("d3net.cli.receptive_field", "analyze_d2_block")),
+        "evaluate mss": (["evaluate", "mss", "--root", str(tmp), "--model", "demo", "--out",
+                          str(out)], ("d3net.models", "load")),
+    }
+
+
+@pytest.mark.parametrize("command", ["train mss", "train seg", "convert", "convert folder",
+                                     "synth-musdb", "synth-cityscapes", "demo",
+                                     "receptive-field", "evaluate mss"])
+def test_every_command_refuses_an_unwritable_output_before_working(tmp_path, capsys,
+                                                                   monkeypatch, command):
+    import importlib
+
+    from d3net.cli import main
+
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    argv, (module, name) = _commands(tmp_path, blocker / "out")[command]
+    monkeypatch.setattr(importlib.import_module(module), name,
+                        lambda *a, **k: pytest.fail(f"{name} ran before the output check"))
+    assert main(argv + ["-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "file.txt is a file, not a folder" in err, err
+
+
+def test_a_write_failing_mid_run_is_one_line(tmp_path, capsys, monkeypatch):
+    """The last line of defence: a disk that fills up after the checks passed."""
+    import errno
+
+    import numpy as np
+    import soundfile
+
+    from d3net.audio import io
+    from d3net.cli import main
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out"))
+
+    song = tmp_path / "song.wav"
+    soundfile.write(str(song), np.zeros((2000, 2)), 44100)
+    monkeypatch.setattr(io, "save", full)
+    assert main(["separate", str(song), "-o", str(tmp_path / "out"), "--model", "demo",
+                 "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"d3net separate: error: [Errno 28] No space left on device: " \
+                  f"'{tmp_path / 'out'}'"
+
+
+@pytest.mark.skipif(not POSIX, reason="POSIX permission bits")
+def test_generated_datasets_are_readable_by_others(tmp_path, umask_022):
+    """Every file of a command's output tree gets the usual mode (was 600)."""
+    from d3net.cli import main
+
+    assert main(["data", "synth-cityscapes", "--out", str(tmp_path / "city"), "--images", "2",
+                 "--size", "32x64", "-q"]) == 0
+    assert main(["data", "synth-musdb", "--out", str(tmp_path / "musdb"), "--tracks", "2",
+                 "--seconds", "0.3", "-q"]) == 0
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) > 10
+    assert {p.name: oct(mode(p)) for p in files if mode(p) != 0o644} == {}

@@ -50,6 +50,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except D3NetError as exc:
         print(f"d3net {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a disk that fills up or goes away mid-run: one line, no traceback
+        print(f"d3net {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"d3net {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import List
 
 from ..errors import D3NetError
 from ..nn import DILATION_MODES
 from ..receptive_field import D2Report, analyze_d2_block, plot_coverage, plot_format
+from ..utils import check_writable
 
 MAX_LAYERS = 12
 
@@ -35,8 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 1 <= args.layers <= MAX_LAYERS:
         raise D3NetError(f"--layers must be between 1 and {MAX_LAYERS}, got {args.layers}")
-    if args.plot is not None:
-        plot_format(args.plot)      # a bad extension fails before the analysis runs
+    if args.plot is not None:       # a bad extension or an unwritable folder fails
+        plot_format(args.plot)      # before the analysis runs
+        check_writable(Path(args.plot).parent)
     modes = DILATION_MODES if args.dilation == "all" else (args.dilation,)
     reports = [analyze_d2_block(args.layers, mode, progress=not args.quiet) for mode in modes]
     if not args.quiet:

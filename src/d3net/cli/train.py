@@ -142,12 +142,21 @@ def _mss_hparams(args: argparse.Namespace) -> dict:
     return hparams
 
 
+def _check_run_folder(args: argparse.Namespace) -> None:
+    """An unwritable run folder fails now, not after the first epoch (rank 0 writes)."""
+    from ..utils import check_writable
+
+    if os.environ.get("RANK", "0") == "0":
+        check_writable(args.out)
+
+
 def run_mss(args: argparse.Namespace) -> int:
     from ..train.mss import train_mss
 
     if args.workers < 0:
         from ..errors import D3NetError
         raise D3NetError(f"--workers must be >= 0, got {args.workers}")
+    _check_run_folder(args)
     result = train_mss(args.root, args.target, args.out, args.config, resume=args.resume,
                        device=args.device, sync_bn=args.sync_bn, workers=args.workers,
                        progress=not args.quiet, quiet=args.quiet, **_mss_hparams(args))
@@ -243,6 +252,7 @@ def run_seg(args: argparse.Namespace) -> int:
 
     if args.workers < 0:
         raise D3NetError(f"--workers must be >= 0, got {args.workers}")
+    _check_run_folder(args)
     result = train_seg(args.root, args.out, args.config, head=args.head, resume=args.resume,
                        pretrained_backbone=args.pretrained_backbone, device=args.device,
                        sync_bn=args.sync_bn, workers=args.workers, progress=not args.quiet,
