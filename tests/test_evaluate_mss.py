@@ -234,3 +234,18 @@ def test_unwritable_out_is_refused_before_separating(data, model_dir, tmp_path, 
                         lambda *a: pytest.fail("separated before checking --out"))
     with pytest.raises(D3NetError, match="file.txt is a file, not a folder"):
         evaluate_mss(data, model_dir, out_dir=blocker / "scores", scorer="own", progress=False)
+
+
+def test_tracks_sharing_a_result_file_are_refused(data, model_dir, tmp_path):
+    """Another member of 'results silently lost': two tracks whose per-track JSON is one
+    file ('Song' and 'song' on a case-insensitive disk; a folder 'X' next to 'X.stem.mp4')
+    would overwrite each other's scores."""
+    root = tmp_path / "data"
+    first = musdb.list_tracks(data, "test")[0]
+    for name in ("Song", "song"):
+        shutil.copytree(first.paths["mixture"].parent, root / "test" / name)
+    with pytest.raises(D3NetError, match="would both be written as .*one name on "
+                                         "case-insensitive file systems"):
+        evaluate_mss(root, model_dir, out_dir=tmp_path / "scores", scorer="own",
+                     progress=False)
+    assert not (tmp_path / "scores").exists()

@@ -24,7 +24,7 @@ import torch
 
 from ..data import musdb
 from ..errors import D3NetError
-from ..utils import PathLike, check_writable
+from ..utils import PathLike, check_unique_outputs, check_writable
 from . import sdr
 
 #: The Separator settings that change the estimates, recorded with every result.
@@ -163,6 +163,10 @@ def evaluate_mss(root: PathLike, model_dir: PathLike, subset: str = "test",
         tracks = [t for t in tracks if t.name in set(track_names)]
     used, note = resolve_scorer(scorer)
     if out_dir is not None:
+        # e.g. a folder 'X' next to 'X.stem.mp4', or 'X' and 'x': one JSON file for two tracks
+        check_unique_outputs(
+            ((t.paths["mixture"], str(sdr.track_json_path(out_dir, t.name, subset)))
+             for t in tracks), hint="keep one of them in the dataset")
         check_writable(Path(out_dir) / subset)
     separator = Separator.from_dir(model_dir, device=resolve_device(device),
                                    wiener_iterations=wiener_iterations)
