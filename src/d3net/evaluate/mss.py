@@ -110,7 +110,8 @@ def _difference(recorded: Optional[dict], current: dict) -> Optional[str]:
                 names = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 return "it was produced with other options (" + ", ".join(
                     f"{k} {old.get(k)!r} then, {new.get(k)!r} now" for k in names) + ")"
-            return f"it was produced with another {key.replace('_', ' ')} ({old!r} then, {new!r} now)"
+            what = key.replace("_", " ")
+            return f"it was produced with another {what} ({old!r} then, {new!r} now)"
     return None
 
 
