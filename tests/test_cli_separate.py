@@ -207,18 +207,24 @@ def test_the_same_input_twice_is_separated_once(model_dir, tmp_path, capsys):
     assert capsys.readouterr().out.count("song.wav ->") == 1
 
 
-@pytest.mark.parametrize("where", ["under a file", "/proc"])
+@pytest.mark.parametrize("where", ["read-only folder", "under a file", "/proc"])
 def test_an_unwritable_output_is_reported_before_separating(model_dir, tmp_path, capsys,
                                                             monkeypatch, where):
     """The issue's case (-o on a read-only file system): one line before any work, not a
-    traceback after it. Root ignores permission bits, so the folder is made unwritable
-    in ways that stop root too: a path under a regular file, or /proc."""
+    traceback after it. Root ignores permission bits, so the folder is also made
+    unwritable in ways that stop root: a path under a regular file, or /proc."""
     from d3net import separate as separate_module
     if where == "/proc" and not os.path.isdir("/proc/self"):
         pytest.skip("needs Linux /proc")
+    if where == "read-only folder" and (os.name != "posix" or os.geteuid() == 0):
+        pytest.skip("permission bits do not stop root (or non-POSIX systems) from writing; "
+                    "the other two cases stop root too")
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    out = blocker / "out" if where == "under a file" else "/proc/d3net-out"
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(mode=0o555)
+    out = {"read-only folder": read_only / "out", "under a file": blocker / "out",
+           "/proc": "/proc/d3net-out"}[where]
     calls = []
     monkeypatch.setattr(separate_module.Separator, "from_dir",
                         classmethod(lambda cls, *a, **k: calls.append(a)))

@@ -175,9 +175,11 @@ def _prepare(references: Mapping[str, np.ndarray], estimates: Mapping[str, np.nd
     if len(lengths) > 1:
         raise D3NetError("references have different lengths " + ", ".join(
             f"{k} {v.shape[1]}" for k, v in refs.items()))
-    ests = {k: _audio(v, f"{k} estimate") for k, v in estimates.items()}
-    ests = {k: _fit(v, refs[k], f"the {k} estimate") for k, v in ests.items() if k in refs} | \
-        {k: v for k, v in ests.items() if k not in refs}
+    ests = {}
+    for name, value in estimates.items():
+        estimate = _audio(value, f"{name} estimate")
+        ests[name] = _fit(estimate, refs[name], f"the {name} estimate") if name in refs \
+            else estimate
     parts = ("drums", "bass", "other")
     if accompaniment:
         for what, store in (("references", refs), ("estimates", ests)):
