@@ -11,6 +11,19 @@ OFFICIAL = SHARED / "fixtures" / "official"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def d3net_home(tmp_path_factory):
+    """d3net's cache (OpenVINO conversions, ...) in a temporary folder shared by the session,
+    never the user's ~/.cache/d3net."""
+    previous = os.environ.get("D3NET_HOME")
+    os.environ["D3NET_HOME"] = str(tmp_path_factory.mktemp("d3net-home"))
+    yield Path(os.environ["D3NET_HOME"])
+    if previous is None:
+        os.environ.pop("D3NET_HOME", None)
+    else:
+        os.environ["D3NET_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def official() -> Path:
     """The official NNabla fixture folder; tests needing it skip (with the reason) if absent."""

@@ -140,7 +140,8 @@ def small_net_magnitudes():
     state = models.d3net_mss("vocals", small=True).state_dict()
     mag = random_magnitude(100, seed=3) * 5
     results, separators = {}, {}
-    for name, kw in {"float32": {}, "bfloat16": {"precision": "bfloat16"},
+    for name, kw in {"float32": {"precision": "float32", "backend": "torch"},
+                     "bfloat16": {"precision": "bfloat16", "backend": "torch"},
                      "official": {"compat": "official"}}.items():
         net = models.d3net_mss("vocals", small=True)
         net.load_state_dict(state)

@@ -18,17 +18,16 @@ really cover it. The official code divides every frame by ``test_patch_len / out
 which halves the last frames of a song covered by one patch only; ``compat="official"``
 reproduces that exactly (used by the parity tests).
 
-Speed and precision: on CPU the networks run in the channels-last memory layout (oneDNN's
-fastest for these small-channel convolutions; the same float32 results to ~1e-7).
-``precision="bfloat16"`` runs them under bfloat16 autocast (several times faster on CPUs
-with AMX or AVX-512 BF16 and on recent GPUs; magnitudes change by ~1e-3 relative).
-``compat="official"`` keeps PyTorch's native float32 CPU kernels and layout
-(:func:`d3net.utils.exact_float32`), whose accumulation order reproduces the official
-outputs of the randomly initialised parity fixtures best (see tests/test_separate_parity.py).
+Speed and precision: the networks run through a backend (:mod:`d3net.backends`):
+PyTorch (channels-last on CPU) or OpenVINO (CPU), in float32 or bfloat16 (several times
+faster on CPUs with AMX or AVX-512 BF16 and on recent GPUs; magnitudes change by ~1e-3
+relative); ``"auto"`` picks the fastest the machine has. ``compat="official"`` keeps
+PyTorch's native float32 CPU kernels and layout (:func:`d3net.utils.exact_float32`), whose
+accumulation order reproduces the official outputs best (see tests/test_separate_parity.py).
+``mode="fast"`` trades a little quality for about 4x fewer network runs: no channel flip
+and patches that do not overlap (``overlap=0``; measured in benchmarks/RESULTS.md).
 """
 from __future__ import annotations
-
-import contextlib
 
 import os
 from pathlib import Path
@@ -38,14 +37,17 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from d3net import backends
 from d3net.audio import io, spectral
 from d3net.audio.wiener import wiener
 from d3net.errors import D3NetError
-from d3net.utils import exact_float32
 
 TARGETS = ("vocals", "drums", "bass", "other")
 COMPAT_MODES = (None, "official")
-PRECISIONS = ("float32", "bfloat16")
+MODES = ("default", "fast")
+# fast mode: no channel flip, patches side by side (see FAST_OVERLAP's measurement in
+# benchmarks/RESULTS.md, scripts/eval_fast_mode.py)
+FAST_OVERLAP = 0.0
 
 
 class Separator(nn.Module):
@@ -57,12 +59,22 @@ class Separator(nn.Module):
             ``out_shift``.
         wiener_iterations: 0 = magnitudes with the mixture phase, 1 = the official
             multichannel Wiener filter, more = EM iterations.
-        channel_flip: also run every patch with the stereo channels swapped and average.
+        channel_flip: also run every patch with the stereo channels swapped and average
+            (default: on, off in fast mode).
         compat: ``None`` (default) or ``"official"`` to reproduce the official
             overlap-add normalisation exactly, quirk included, with PyTorch's native
             float32 CPU kernels.
-        precision: ``"float32"`` (default) or ``"bfloat16"`` (autocast: faster where the
-            hardware supports it, ~1e-3 relative change).
+        precision: ``"auto"`` (default: bfloat16 where the hardware computes it natively,
+            float32 elsewhere), ``"float32"`` or ``"bfloat16"`` (~1e-3 relative change);
+            see :func:`d3net.backends.resolve_precision`.
+        backend: ``"auto"`` (default: OpenVINO on CPU when installed, PyTorch otherwise),
+            ``"torch"`` or ``"openvino"``; see :mod:`d3net.backends`.
+        mode: ``"default"`` (the official inference: channel flip, half-patch overlap) or
+            ``"fast"`` (no flip, ``overlap=0``: about 4x fewer network runs).
+        overlap: fraction of a patch shared with the next one (default: the model's
+            ``1 - out_shift / test_patch_len``, 0.5 for the official models; 0 in fast
+            mode); the resulting shift must divide the patch (0, 0.5, 0.75, ...).
+        cache_dir: where OpenVINO conversions are cached (default ``$D3NET_HOME``).
         batch_size: network inputs per call (flipped copies included), bounding the
             network's memory whatever the song's length. Default: 1 on CPU (oneDNN runs
             these networks fastest one patch at a time: 2.3 s per patch at batch 1 against
@@ -81,10 +93,12 @@ class Separator(nn.Module):
     """
 
     def __init__(self, models: Mapping[str, nn.Module], wiener_iterations: int = 1,
-                 channel_flip: bool = True, compat: Optional[str] = None,
+                 channel_flip: Optional[bool] = None, compat: Optional[str] = None,
                  batch_size: Optional[int] = None,
                  device: Union[str, torch.device, None] = None, progress: bool = False,
-                 precision: str = "float32"):
+                 precision: str = "auto", backend: str = "auto", mode: str = "default",
+                 overlap: Optional[float] = None,
+                 cache_dir: Union[str, os.PathLike, None] = None):
         super().__init__()
         if not models:
             raise D3NetError("a Separator needs at least one target model")
@@ -94,32 +108,40 @@ class Separator(nn.Module):
             raise D3NetError(f"wiener_iterations must be >= 0, got {wiener_iterations}")
         if batch_size is not None and batch_size < 1:
             raise D3NetError(f"batch_size must be >= 1, got {batch_size}")
-        if precision not in PRECISIONS:
-            raise D3NetError(f"unknown precision {precision!r}; expected one of "
-                             f"{', '.join(PRECISIONS)}")
-        if compat == "official" and precision != "float32":
-            raise D3NetError(f"compat 'official' reproduces the official float32 arithmetic; "
-                             f"it cannot run in {precision}")
+        if mode not in MODES:
+            raise D3NetError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+        if overlap is None and mode == "fast":
+            overlap = FAST_OVERLAP
+        if overlap is not None and not 0 <= overlap < 1:
+            raise D3NetError(f"overlap must be in [0, 1), got {overlap}")
+        if compat == "official" and (mode != "default" or overlap is not None):
+            raise D3NetError("compat 'official' runs the official patching; it cannot be "
+                             "combined with fast mode or another overlap")
+        self.overlap = None if overlap is None else float(overlap)
         for target, model in models.items():
-            patch, shift = _patching(target, model)
+            patch, shift = self._patch_shift(target, model)
             if patch % shift:
                 raise D3NetError(f"model {target}: test_patch_len {patch} is not a multiple "
-                                 f"of out_shift {shift}")
+                                 f"of the patch shift {shift} (choose another overlap)")
         self.models = nn.ModuleDict(dict(models))
+        self.mode = mode
         self.wiener_iterations = int(wiener_iterations)
-        self.channel_flip = bool(channel_flip)
+        self.channel_flip = (mode != "fast") if channel_flip is None else bool(channel_flip)
         self.compat = compat
         self._batch_size = None if batch_size is None else int(batch_size)
         self.progress = bool(progress)
-        self.precision = precision
         if device is None:
             first = next(iter(self.models.parameters()), None)
             device = first.device if first is not None else "cpu"
         self._device = torch.device(device)
         self.to(self._device)
-        if self._device.type == "cpu" and compat is None:
-            self.to(memory_format=torch.channels_last)
         self.eval()
+        self.precision = backends.resolve_precision(precision, self._device, compat)
+        self.backend = backends.resolve_backend(backend, self._device, compat,
+                                                list(self.models.values()))
+        self._runners = {model: backends.create_runner(
+            model, self.backend, self.precision, compat=compat, cache_dir=cache_dir,
+            progress=self.progress) for model in self.models.values()}
 
     @property
     def device(self) -> torch.device:
@@ -267,7 +289,7 @@ class Separator(nn.Module):
             raise D3NetError(f"expected a stereo magnitude (2, bins, frames), got shape "
                              f"{tuple(magnitude.shape)}")
         magnitude = magnitude.to(self.device, torch.float32)
-        plans = {t: _PatchPlan(magnitude.shape[-1], *_patching(t, m))
+        plans = {t: _PatchPlan(magnitude.shape[-1], *self._patch_shift(t, m))
                  for t, m in self.models.items()}
         total = sum(-(-plan.patches // self._patches_per_group) for plan in plans.values())
         with tqdm(total=total, desc="separating", unit="batch", disable=not self.progress,
@@ -290,18 +312,19 @@ class Separator(nn.Module):
             return output / plan.scale
         return output / plan.coverage(magnitude.device)
 
+    def _patch_shift(self, target: str, model: nn.Module) -> tuple[int, int]:
+        """``(patch, shift)`` in frames: the model's, or the shift set by ``overlap``."""
+        patch, shift = _patching(target, model)
+        if self.overlap is not None:
+            shift = max(1, patch - round(self.overlap * patch))
+        return patch, shift
+
     def _run(self, model: nn.Module, batch: Tensor) -> Tensor:
         """Network output ``(patches, 2, bins, patch)`` in float32, averaged with the
         flipped copies."""
-        if self.compat == "official":
-            context = exact_float32()
-        elif self.precision == "bfloat16":
-            context = torch.autocast(batch.device.type, dtype=torch.bfloat16)
-        else:
-            context = contextlib.nullcontext()
+        run = self._runners[model]
         inputs = torch.cat([batch, batch.flip(1)]) if self.channel_flip else batch
-        with context:
-            out = torch.cat([model(part).float() for part in inputs.split(self.batch_size)])
+        out = torch.cat([run(part) for part in inputs.split(self.batch_size)])
         if not self.channel_flip:
             return out
         count = batch.shape[0]

@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic file writes with the usual file modes, output checks."""
+"""Small shared helpers: atomic file writes with the usual file modes, output checks, the
+cache folder, exact float32 kernels."""
 from __future__ import annotations
 
 import contextlib
@@ -32,6 +33,12 @@ def _create_temporary(path: Path, suffix: str) -> Tuple[Path, int]:
         finally:
             os.close(fd)
     raise FileExistsError(f"no free temporary name next to {path}")
+
+
+def cache_home() -> Path:
+    """d3net's cache folder: ``$D3NET_HOME`` if set, else ``~/.cache/d3net``."""
+    home = os.environ.get("D3NET_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".cache" / "d3net"
 
 
 @contextlib.contextmanager

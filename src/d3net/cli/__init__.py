@@ -21,6 +21,7 @@ def add_quiet(parser: argparse.ArgumentParser) -> None:
 COMMAND_MODULES = [
     "summary",
     "convert",
+    "export",
     "separate",
     "segment",
     "train",

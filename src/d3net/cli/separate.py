@@ -35,9 +35,19 @@ def register(subparsers) -> None:
     p.add_argument("--compat", choices=["official"], default=None,
                    help="reproduce the official implementation's arithmetic (its overlap-add "
                    "normalisation, PyTorch's native float32 CPU kernels)")
-    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
-                   help="network arithmetic: float32 (default) or bfloat16 (faster on CPUs with "
-                   "AMX or AVX-512 BF16 and on recent GPUs; ~1e-3 relative change)")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="network arithmetic: auto (default: bfloat16 on CPUs with AVX-512 BF16 "
+                   "or AMX and on GPUs with native bfloat16, float32 elsewhere), float32, or "
+                   "bfloat16 (~1e-3 relative change)")
+    p.add_argument("--backend", choices=["auto", "torch", "openvino"], default="auto",
+                   help="what runs the networks: auto (default: OpenVINO on CPU when installed, "
+                   "else PyTorch), torch, or openvino (CPU; pip install 'd3net[openvino]')")
+    p.add_argument("--fast", action="store_true",
+                   help="fast mode: no channel flip, patches without overlap (about 4x fewer "
+                   "network runs; slightly lower quality, see the README)")
+    p.add_argument("--overlap", type=float, default=None, metavar="FRACTION",
+                   help="fraction of a patch shared with the next one (default: 0.5, the "
+                   "official half-patch shift; 0 with --fast); 0, 0.5 or 0.75")
     p.add_argument("--accompaniment", action="store_true",
                    help="also write accompaniment (drums+bass+other, or the residual)")
     p.add_argument("--format", choices=["wav", "flac"], default="wav")
@@ -114,8 +124,9 @@ def run(args: argparse.Namespace) -> int:
     targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
     separator = Separator.from_dir(
         model_path, device=device, targets=targets, wiener_iterations=args.wiener_iterations,
-        channel_flip=not args.no_flip, compat=args.compat, batch_size=args.batch_size,
-        precision=args.precision, progress=not args.quiet)
+        channel_flip=False if args.no_flip else None, compat=args.compat, batch_size=args.batch_size,
+        precision=args.precision, progress=not args.quiet, backend=args.backend,
+        mode="fast" if args.fast else "default", overlap=args.overlap)
 
     failures = []
     for path in tqdm(inputs, desc="songs", unit="song", disable=args.quiet or len(inputs) == 1):

@@ -1,0 +1,355 @@
+"""Network execution backends: run one target's music network on a batch of patches.
+
+A *runner* maps a batch of magnitude patches ``(patches, channels, bins, frames)`` to the
+target's magnitude estimate of the same shape, float32, on the batch's device. Two
+backends:
+
+- ``"torch"``: the PyTorch module itself, in eval mode. On CPU the network is moved to
+  the channels-last memory layout (oneDNN's fastest for these narrow convolutions; the
+  same float32 results to ~1e-7); ``precision="bfloat16"`` runs it under bfloat16
+  autocast; ``compat="official"`` keeps PyTorch's native float32 CPU kernels and layout
+  (:func:`d3net.utils.exact_float32`), whose accumulation order is closest to NNabla's.
+- ``"openvino"`` (CPU only, ``pip install 'd3net[openvino]'``): the network converted
+  with ``openvino.convert_model`` (traced from PyTorch, dynamic batch and frame axes, so
+  256- and 384-frame patches share one conversion), compiled for the CPU with
+  ``INFERENCE_PRECISION_HINT`` ``bf16`` or ``f32``. Converting a full-size network takes
+  ~25 s, so the converted model is cached in ``$D3NET_HOME/openvino`` (default
+  ``~/.cache/d3net``) under the network's :func:`d3net.models.fingerprint` (config and
+  weights) and the OpenVINO version: changed weights or a new OpenVINO never reuse a
+  stale conversion.
+
+``"auto"`` picks OpenVINO for d3net music networks on CPU when it is installed (and not
+for ``compat="official"``), PyTorch otherwise and on GPUs. ``precision="auto"`` picks
+bfloat16 where the hardware computes it natively (a CPU with AVX-512 BF16 or AMX, as
+PyTorch's own CPU capability query reports; a CUDA GPU with native bfloat16) and float32
+elsewhere: on CPUs without it bfloat16 is emulated and no faster.
+
+OpenVINO runs with as many threads as ``torch.get_num_threads()``, so one setting
+(``torch.set_num_threads`` or ``OMP_NUM_THREADS``) governs both backends.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Optional, Protocol, Union
+
+import torch
+from torch import Tensor, nn
+
+from d3net.errors import D3NetError
+from d3net.models import D3NetMSS, fingerprint
+from d3net.utils import cache_home, exact_float32
+
+BACKENDS = ("auto", "torch", "openvino")
+PRECISIONS = ("auto", "float32", "bfloat16")
+INSTALL_OPENVINO = "pip install 'd3net[openvino]'"
+
+__all__ = ["BACKENDS", "PRECISIONS", "Runner", "TorchRunner", "OpenVINORunner",
+           "create_runner", "resolve_backend", "resolve_precision", "native_bfloat16",
+           "openvino_available", "PatchNetwork", "convert_openvino", "openvino_cache_dir"]
+
+
+class Runner(Protocol):
+    """Runs one network: ``(patches, channels, bins, frames)`` -> same shape, float32."""
+
+    backend: str
+    precision: str
+
+    def __call__(self, batch: Tensor) -> Tensor: ...
+
+
+def openvino_available() -> bool:
+    """Whether the ``openvino`` package is installed."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def native_bfloat16(device: Union[str, torch.device]) -> bool:
+    """Whether ``device`` computes bfloat16 natively (not emulated).
+
+    CPU: AVX-512 BF16 or AMX tiles, as reported by PyTorch's CPU capability query
+    (``torch.cpu``). CUDA: ``torch.cuda.is_bf16_supported(including_emulation=False)``
+    (Ampere and newer). Other devices: False.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available()
+                    and torch.cuda.is_bf16_supported(including_emulation=False))
+    return False
+
+
+def resolve_precision(precision: str, device: Union[str, torch.device],
+                      compat: Optional[str] = None) -> str:
+    """``"auto"`` -> ``"bfloat16"`` or ``"float32"`` (see the module docstring).
+
+    Raises:
+        D3NetError: unknown precision, or bfloat16 with ``compat="official"``.
+    """
+    if precision not in PRECISIONS:
+        raise D3NetError(f"unknown precision {precision!r}; expected one of "
+                         f"{', '.join(PRECISIONS)}")
+    if compat == "official":
+        if precision == "bfloat16":
+            raise D3NetError("compat 'official' reproduces the official float32 arithmetic; "
+                             "it cannot run in bfloat16")
+        return "float32"
+    if precision == "auto":
+        return "bfloat16" if native_bfloat16(device) else "float32"
+    return precision
+
+
+def resolve_backend(backend: str, device: Union[str, torch.device],
+                    compat: Optional[str] = None,
+                    models: Optional[list[nn.Module]] = None) -> str:
+    """``"auto"`` -> ``"openvino"`` or ``"torch"``; checks an explicit choice can run.
+
+    Args:
+        backend: ``"auto"``, ``"torch"`` or ``"openvino"``.
+        device: where the separation runs.
+        compat: ``"official"`` needs PyTorch's native kernels (torch backend).
+        models: the networks; ``auto`` picks OpenVINO only if all are d3net music
+            networks (other modules, e.g. test stand-ins, stay in PyTorch).
+
+    Raises:
+        D3NetError: unknown backend, OpenVINO requested but not installed, on a non-CPU
+            device, with ``compat="official"``, or for a network that is not a
+            :class:`~d3net.models.D3NetMSS`.
+    """
+    if backend not in BACKENDS:
+        raise D3NetError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    device = torch.device(device)
+    convertible = all(isinstance(m, D3NetMSS) for m in (models or []))
+    if backend == "auto":
+        use = (device.type == "cpu" and compat is None and convertible
+               and openvino_available())
+        return "openvino" if use else "torch"
+    if backend == "openvino":
+        if compat == "official":
+            raise D3NetError("compat 'official' runs PyTorch's native float32 kernels; use "
+                             "backend 'torch' (or 'auto')")
+        if device.type != "cpu":
+            raise D3NetError(f"the openvino backend runs on the CPU; got device {device} "
+                             "(use backend 'torch' there)")
+        if not convertible:
+            raise D3NetError("the openvino backend runs d3net music networks (D3NetMSS) only")
+        if not openvino_available():
+            raise D3NetError(f"backend 'openvino' needs OpenVINO: {INSTALL_OPENVINO}")
+    return backend
+
+
+class TorchRunner:
+    """Runs a network in PyTorch (see the module docstring for the layout and kernels).
+
+    Args:
+        model: maps ``(patches, channels, bins, frames)`` to the same shape; put in eval
+            mode and, on CPU unless ``compat="official"``, into the channels-last layout.
+        precision: ``"float32"`` or ``"bfloat16"`` (autocast).
+        compat: ``"official"`` for PyTorch's native float32 CPU kernels.
+    """
+
+    backend = "torch"
+
+    def __init__(self, model: nn.Module, precision: str = "float32",
+                 compat: Optional[str] = None):
+        if precision not in ("float32", "bfloat16"):
+            raise D3NetError(f"TorchRunner runs float32 or bfloat16, not {precision!r}")
+        self.model = model.eval()
+        self.precision = precision
+        self.compat = compat
+        first = next(iter(model.parameters()), None)
+        if compat is None and (first is None or first.device.type == "cpu"):
+            model.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def __call__(self, batch: Tensor) -> Tensor:
+        if self.compat == "official":
+            context = exact_float32()
+        elif self.precision == "bfloat16":
+            context = torch.autocast(batch.device.type, dtype=torch.bfloat16)
+        else:
+            context = contextlib.nullcontext()
+        with context:
+            return self.model(batch).float()
+
+
+class PatchNetwork(nn.Module):
+    """A music network as exported: ``(batch, channels, bins, frames)`` -> same shape,
+    frames a multiple of ``config.frame_multiple`` (the padding of
+    :class:`~d3net.models.D3NetMSS`'s ``forward`` is left to the caller, so that the graph
+    has no shape-dependent branch and one conversion serves every patch length)."""
+
+    def __init__(self, model: D3NetMSS):
+        super().__init__()
+        self.network = model
+
+    def forward(self, magnitude: Tensor) -> Tensor:
+        return self.network.forward_official_layout(magnitude.transpose(2, 3)).transpose(2, 3)
+
+
+def example_magnitude(model: D3NetMSS, frames: Optional[int] = None) -> Tensor:
+    config = model.config
+    frames = frames or config.test_patch_len
+    if frames % config.frame_multiple:
+        raise D3NetError(f"frames must be a multiple of {config.frame_multiple}, got {frames}")
+    return torch.rand(1, config.audio_channels, config.num_bins, frames,
+                      generator=torch.Generator().manual_seed(0))
+
+
+def float32_cpu_copy(model: D3NetMSS) -> D3NetMSS:
+    """A float32, contiguous-layout CPU copy in eval mode (the caller's model is left as is)."""
+    import copy
+    model = copy.deepcopy(model).float().cpu().eval()
+    return model.to(memory_format=torch.contiguous_format)
+
+
+def convert_openvino(model: D3NetMSS, frames: Optional[int] = None):
+    """Convert a music network to an ``openvino.Model`` (no cache).
+
+    The model's input ``magnitude`` is ``(batch, channels, bins, frames)`` with dynamic
+    batch and frames (a multiple of ``model.config.frame_multiple``); the output
+    ``estimate`` has the same shape.
+
+    Args:
+        model: the network (any device or layout; a float32 CPU copy is converted).
+        frames: the traced example's frame count (default: ``test_patch_len``).
+
+    Raises:
+        D3NetError: OpenVINO is not installed, or the model is not a music network.
+    """
+    if not isinstance(model, D3NetMSS):
+        raise D3NetError("only d3net music networks (D3NetMSS) can be converted")
+    if not openvino_available():
+        raise D3NetError(f"converting to OpenVINO needs OpenVINO: {INSTALL_OPENVINO}")
+    import openvino as ov  # optional dependency
+
+    network = PatchNetwork(float32_cpu_copy(model)).eval()
+    example = example_magnitude(model, frames)
+    config = model.config
+    with torch.no_grad(), warnings.catch_warnings():
+        # OpenVINO traces the module with TorchScript, which PyTorch flags as deprecated
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        converted = ov.convert_model(
+            network, example_input=example,
+            input=[ov.PartialShape([-1, config.audio_channels, config.num_bins, -1])])
+    converted.inputs[0].get_tensor().set_names({"magnitude"})
+    converted.outputs[0].get_tensor().set_names({"estimate"})
+    return converted
+
+
+def openvino_cache_dir(model: D3NetMSS, cache_dir: Union[str, os.PathLike, None] = None) -> Path:
+    """Where the converted ``model`` is cached: ``<cache>/openvino/<fingerprint>-ov<version>``.
+
+    ``cache_dir`` defaults to :func:`d3net.utils.cache_home` (``$D3NET_HOME`` or
+    ``~/.cache/d3net``).
+    """
+    import openvino as ov  # optional dependency
+
+    version = "".join(c if c.isalnum() or c in ".-" else "_"
+                      for c in ov.get_version().split("-")[0])
+    root = Path(cache_dir) if cache_dir is not None else cache_home()
+    return root / "openvino" / f"{fingerprint(model)[:32]}-ov{version}"
+
+
+def cached_openvino_model(model: D3NetMSS, cache_dir: Union[str, os.PathLike, None] = None,
+                          progress: bool = False):
+    """The converted model, read from the cache or converted and written there.
+
+    The cache entry is a folder (``network.xml`` + ``network.bin``) built in a temporary
+    folder and renamed into place, so a crash or a concurrent process never leaves a
+    half-written entry. An unwritable cache only costs the conversion next time.
+    """
+    import openvino as ov  # optional dependency
+
+    entry = openvino_cache_dir(model, cache_dir)
+    xml = entry / "network.xml"
+    core = ov.Core()
+    if xml.is_file() and (entry / "network.bin").is_file():
+        return core.read_model(xml)
+    if progress:
+        target = getattr(model.config, "target", "network")
+        print(f"converting the {target} network to OpenVINO (once; cached in {entry.parent})",
+              file=sys.stderr, flush=True)
+    converted = convert_openvino(model)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+        try:
+            ov.save_model(converted, tmp / "network.xml", compress_to_fp16=False)
+            os.replace(tmp, entry)
+        except OSError:
+            if not xml.is_file():  # not a concurrent writer that got there first
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as error:
+        print(f"d3net: could not cache the OpenVINO model in {entry.parent} ({error}); it "
+              "will be converted again next time", file=sys.stderr)
+    return converted
+
+
+class OpenVINORunner:
+    """Runs a music network with OpenVINO on the CPU.
+
+    Args:
+        model: a :class:`~d3net.models.D3NetMSS` (left untouched).
+        precision: ``"float32"`` (``INFERENCE_PRECISION_HINT=f32``: PyTorch's float32
+            output to ~1e-6) or ``"bfloat16"`` (``bf16``: ~1e-3 relative change, several
+            times faster on CPUs with native bfloat16).
+        cache_dir: the conversion cache's root (default ``$D3NET_HOME``, see
+            :func:`openvino_cache_dir`).
+        progress: say on stderr when a network is converted (the first time: ~25 s).
+
+    Raises:
+        D3NetError: OpenVINO is not installed, or the model is not a music network.
+    """
+
+    backend = "openvino"
+
+    def __init__(self, model: D3NetMSS, precision: str = "float32",
+                 cache_dir: Union[str, os.PathLike, None] = None, progress: bool = False):
+        if precision not in ("float32", "bfloat16"):
+            raise D3NetError(f"OpenVINORunner runs float32 or bfloat16, not {precision!r}")
+        if not isinstance(model, D3NetMSS):
+            raise D3NetError("the openvino backend runs d3net music networks (D3NetMSS) only")
+        if not openvino_available():
+            raise D3NetError(f"backend 'openvino' needs OpenVINO: {INSTALL_OPENVINO}")
+        import openvino as ov  # optional dependency
+
+        self.precision = precision
+        self.frame_multiple = model.config.frame_multiple
+        converted = cached_openvino_model(model, cache_dir, progress=progress)
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bfloat16" else "f32",
+                  "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_NUM_THREADS": max(1, torch.get_num_threads())}
+        self.compiled = ov.Core().compile_model(converted, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, batch: Tensor) -> Tensor:
+        frames = batch.shape[-1]
+        pad = -frames % self.frame_multiple
+        inputs = batch.detach().to("cpu", torch.float32)
+        if pad:
+            inputs = torch.nn.functional.pad(inputs, (0, pad))
+        result = self.request.infer([inputs.contiguous().numpy()], share_inputs=True)
+        out = torch.from_numpy(result[0])  # infer() returns copies of the outputs
+        return out[..., :frames].to(batch.device)
+
+
+def create_runner(model: nn.Module, backend: str = "torch", precision: str = "float32",
+                  compat: Optional[str] = None,
+                  cache_dir: Union[str, os.PathLike, None] = None,
+                  progress: bool = False) -> Runner:
+    """A runner for ``model`` with a resolved backend and precision (not ``"auto"``: see
+    :func:`resolve_backend` and :func:`resolve_precision`)."""
+    if backend == "openvino":
+        return OpenVINORunner(model, precision, cache_dir=cache_dir, progress=progress)
+    if backend == "torch":
+        return TorchRunner(model, precision, compat=compat)
+    raise D3NetError(f"create_runner needs a resolved backend, not {backend!r}")

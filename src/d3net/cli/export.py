@@ -1,0 +1,37 @@
+"""``d3net export onnx|openvino``: music networks as ONNX or OpenVINO IR files."""
+from __future__ import annotations
+
+import argparse
+
+from . import add_quiet
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="export music networks to ONNX or OpenVINO IR",
+        description="Export each target's network to run outside PyTorch (onnxruntime, "
+                    "OpenVINO, other languages). Input 'magnitude' (batch, channels, bins, "
+                    "frames), output 'estimate' of the same shape; batch and frames are "
+                    "dynamic, frames a multiple of 16 (the file's frame_multiple metadata).")
+    p.add_argument("format", choices=["onnx", "openvino"],
+                   help="onnx (needs pip install 'd3net[onnx]') or openvino (OpenVINO IR "
+                        ".xml + .bin, needs pip install 'd3net[openvino]')")
+    p.add_argument("model", metavar="MODEL",
+                   help="a music model file (.safetensors) or a separation model folder")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output file (.onnx or .xml) for one model file, else a folder that "
+                        "gets <target>.onnx or <target>.xml/.bin")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames of the traced example (default: the model's test_patch_len)")
+    add_quiet(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export import export_models
+
+    written = export_models(args.model, args.format, args.output, frames=args.frames)
+    if not args.quiet:
+        for path in written:
+            print(path)
+    return 0

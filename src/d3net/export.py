@@ -1,0 +1,185 @@
+"""Export music networks to ONNX or OpenVINO IR, for deployment outside PyTorch.
+
+Each target's network is exported on its own (as Sony's OpenVINO variant of D3Net loads one
+file per source), as :class:`d3net.backends.PatchNetwork`: input ``magnitude``
+``(batch, channels, bins, frames)`` float32, output ``estimate`` of the same shape, batch
+and frames dynamic, frames a multiple of ``frame_multiple`` (16 for the official
+configurations; pad with zeros and crop). The separation around it (STFT, patches of
+``test_patch_len`` frames shifted by ``out_shift``, channel flip, Wiener filter, iSTFT) is
+described in :mod:`d3net.separate`. The exported file records the d3net config (JSON),
+the weights' :func:`d3net.models.fingerprint`, the target and ``frame_multiple``: ONNX in
+its ``metadata_props``, OpenVINO IR in its ``rt_info`` under ``d3net``.
+
+Both exports match the PyTorch float32 output to ~1e-7 relative (tests/test_backends.py
+asserts 1e-5 with onnxruntime and with the OpenVINO runtime).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import torch
+
+from d3net import models as model_io
+from d3net.backends import PatchNetwork, example_magnitude, float32_cpu_copy, convert_openvino
+from d3net.configs import TARGETS, to_dict
+from d3net.errors import D3NetError
+from d3net.models import D3NetMSS
+from d3net.utils import atomic_path
+
+FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
+ONNX_OPSET = 17
+
+__all__ = ["FORMATS", "export_onnx", "export_openvino", "export_models", "load_models"]
+
+
+def _metadata(model: D3NetMSS) -> Dict[str, str]:
+    config = model.config
+    return {"d3net_config": json.dumps(to_dict(config)),
+            "d3net_fingerprint": model_io.fingerprint(model),
+            "target": str(config.target),
+            "frame_multiple": str(config.frame_multiple),
+            "layout": "magnitude (batch, channels, bins, frames) -> estimate, same shape"}
+
+
+def _check_model(model) -> D3NetMSS:
+    if not isinstance(model, D3NetMSS):
+        raise D3NetError("only d3net music separation networks can be exported (got "
+                         f"{type(model).__name__})")
+    return model
+
+
+def export_onnx(model: D3NetMSS, path: Union[str, os.PathLike], frames: Optional[int] = None,
+                opset: int = ONNX_OPSET) -> Path:
+    """Write ``model`` as one ONNX file (atomically), dynamic batch and frame axes.
+
+    Args:
+        model: a music network (left untouched; a float32 CPU copy is exported).
+        path: the ``.onnx`` file to write.
+        frames: the traced example's frame count (default ``test_patch_len``).
+        opset: ONNX opset version.
+
+    Raises:
+        D3NetError: not a music network, or the ``onnx`` package is missing.
+    """
+    model = _check_model(model)
+    try:
+        import onnx  # optional dependency (extra "onnx")
+    except ImportError:
+        raise D3NetError("exporting to ONNX needs onnx: pip install 'd3net[onnx]'") from None
+    network = PatchNetwork(float32_cpu_copy(model)).eval()
+    example = example_magnitude(model, frames)
+    dynamic = {0: "batch", 3: "frames"}
+    path = Path(path)
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+        # the TorchScript-based exporter needs no extra package (the torch.export-based
+        # one needs onnxscript); it warns that it is the legacy route
+        warnings.simplefilter("ignore")
+        torch.onnx.export(network, (example,), str(tmp), dynamo=False, opset_version=opset,
+                          input_names=["magnitude"], output_names=["estimate"],
+                          dynamic_axes={"magnitude": dynamic, "estimate": dynamic})
+        proto = onnx.load(str(tmp))
+        for key, value in _metadata(model).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        proto.producer_name = "d3net"
+        onnx.save(proto, str(tmp))
+    return path
+
+
+def export_openvino(model: D3NetMSS, path: Union[str, os.PathLike],
+                    frames: Optional[int] = None) -> Path:
+    """Write ``model`` as OpenVINO IR: ``path`` (``.xml``) and the ``.bin`` beside it,
+    float32 weights (no FP16 compression), dynamic batch and frame axes.
+
+    Each file is renamed into place from a temporary folder (the ``.bin`` first), so an
+    interrupted export never leaves a half-written file.
+
+    Raises:
+        D3NetError: not a music network, or OpenVINO is missing.
+    """
+    model = _check_model(model)
+    converted = convert_openvino(model, frames)
+    import openvino as ov  # optional dependency, present once convert_openvino returned
+
+    for key, value in _metadata(model).items():
+        converted.set_rt_info(value, ["d3net", key])
+    path = Path(path)
+    if path.suffix != ".xml":
+        raise D3NetError(f"{path}: an OpenVINO IR file name ends with .xml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        ov.save_model(converted, tmp / path.name, compress_to_fp16=False)
+        os.replace(tmp / path.with_suffix(".bin").name, path.with_suffix(".bin"))
+        os.replace(tmp / path.name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load_models(path: Union[str, os.PathLike]) -> Dict[str, D3NetMSS]:
+    """target -> music network, from a model file or a separation model folder.
+
+    Raises:
+        D3NetError: nothing there, no music model in the folder, not a music model.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = {t: path / f"{t}.safetensors" for t in TARGETS
+                 if (path / f"{t}.safetensors").is_file()}
+        if not files:
+            raise D3NetError(f"{path}: no separation model found (expected "
+                             f"<target>.safetensors for some of {', '.join(TARGETS)})")
+    elif path.is_file():
+        files = {None: path}
+    else:
+        raise D3NetError(f"model not found: {path}")
+    loaded = {}
+    for target, file in files.items():
+        model = model_io.load(file)
+        if not isinstance(model, D3NetMSS):
+            raise D3NetError(f"{file}: not a music separation model (only those can be "
+                             "exported)")
+        loaded[target or str(model.config.target)] = model
+    return loaded
+
+
+def export_models(model: Union[str, os.PathLike], format: str, out: Union[str, os.PathLike],
+                  frames: Optional[int] = None) -> List[Path]:
+    """Export a model file or every network of a separation model folder.
+
+    Args:
+        model: a d3net music model file or a separation model folder.
+        format: ``"onnx"`` or ``"openvino"``.
+        out: for a single model, the output file if it ends with ``.onnx`` / ``.xml``;
+            otherwise (and always for a folder) a folder that gets ``<target>.onnx`` or
+            ``<target>.xml`` + ``<target>.bin``.
+        frames: the traced example's frame count (default ``test_patch_len``).
+
+    Returns:
+        The written files (``.onnx`` or ``.xml``).
+
+    Raises:
+        D3NetError: unknown format, missing or non-music model, missing optional package.
+    """
+    if format not in FORMATS:
+        raise D3NetError(f"unknown export format {format!r}; expected one of "
+                         f"{', '.join(FORMATS)}")
+    suffix = FORMATS[format]
+    networks = load_models(model)
+    out = Path(out)
+    if len(networks) == 1 and not Path(model).is_dir() and out.suffix == suffix:
+        destinations = {target: out for target in networks}
+    else:
+        if out.suffix in FORMATS.values():
+            raise D3NetError(f"{model} holds {len(networks)} networks: -o must be a folder, "
+                             f"not {out}")
+        destinations = {target: out / f"{target}{suffix}" for target in networks}
+    writer = export_onnx if format == "onnx" else export_openvino
+    return [writer(networks[target], path, frames) for target, path in destinations.items()]
