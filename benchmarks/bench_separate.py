@@ -1,30 +1,74 @@
 """End-to-end separation speed: a stereo clip, all four full-size targets, on CPU.
 
-Random weights (the speed does not depend on them). Reports wall time and real-time
-factor (processing seconds per audio second) for each requested variant, measured in one
-run, next to the official NNabla figure from ../shared/fixtures/official/timings.json
-(6 s clip, 570 s: RTF 95). Variants: ``float32`` (the default: channels-last on CPU, one
-network input per call), ``float32-contiguous`` (PyTorch's default layout), ``bfloat16``
-(autocast, ``--precision bfloat16``), ``baseline`` (the first release's settings: default
-layout, 8 patches and their flipped copies per call).
+Random weights (the speed does not depend on them). Separates the same clip with each
+requested variant in one run and prints wall time, real-time factor (processing seconds
+per audio second) and the speed-up over ``float32`` (the first variant listed is the
+reference), next to the official NNabla figure from
+../shared/fixtures/official/timings.json (6 s clip, 570 s: RTF 95).
+
+Variants (default mode = channel flip and half-patch overlap, as the official inference):
+
+- ``float32``: PyTorch float32, channels-last (the default before the backends existed)
+- ``torch-bf16``: PyTorch, bfloat16 autocast
+- ``openvino-f32``, ``openvino-bf16``: OpenVINO (``INFERENCE_PRECISION_HINT`` f32 / bf16)
+- ``openvino-bf16-batch2``: the same, each patch and its flipped copy in one call
+- ``auto``: the default mode as shipped (``backend="auto", precision="auto"``)
+- ``fast``: ``mode="fast"`` as shipped (no flip, no overlap, auto backend and precision)
+- ``fast-f32``: fast mode on OpenVINO float32 (what a CPU without native bf16 gets)
+- ``float32-contiguous``: PyTorch's default layout; ``baseline``: the first release's
+  settings (default layout, 8 patches plus their flipped copies per call)
+
+OpenVINO conversions are cached in ``$D3NET_HOME`` (same random weights every run, so
+only the first run converts); set-up time (conversion or cache read, compilation) is
+printed apart and not counted in the real-time factor.
 
     python benchmarks/bench_separate.py [--seconds 30] [--threads 2] [--no-flip]
-        [--batch-size N] [--variants float32,bfloat16]
+        [--batch-size N] [--variants float32,torch-bf16,openvino-f32,openvino-bf16,fast]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import time
 from pathlib import Path
 
 import torch
 
-from d3net import models
+from d3net import backends, models
 from d3net.separate import Separator
 
 OFFICIAL_TIMINGS = Path(__file__).resolve().parents[2] / "shared/fixtures/official/timings.json"
-VARIANTS = ("float32", "float32-contiguous", "bfloat16", "baseline")
+VARIANTS = {
+    "float32": {"backend": "torch", "precision": "float32"},
+    "torch-bf16": {"backend": "torch", "precision": "bfloat16"},
+    "openvino-f32": {"backend": "openvino", "precision": "float32"},
+    "openvino-bf16": {"backend": "openvino", "precision": "bfloat16"},
+    "openvino-bf16-batch2": {"backend": "openvino", "precision": "bfloat16", "batch_size": 2},
+    "auto": {},
+    "fast": {"mode": "fast"},
+    "fast-f32": {"mode": "fast", "backend": "openvino", "precision": "float32"},
+    "float32-contiguous": {"backend": "torch", "precision": "float32"},
+    "baseline": {"backend": "torch", "precision": "float32", "batch_size": 16},
+}
+DEFAULT_VARIANTS = "float32,torch-bf16,openvino-f32,openvino-bf16,fast"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def openvino_version() -> str:
+    if not backends.openvino_available():
+        return "absent"
+    import openvino  # optional dependency
+    return openvino.__version__
 
 
 def main() -> None:
@@ -33,11 +77,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="network inputs per call (default: the Separator's, 1 on CPU)")
-    parser.add_argument("--no-flip", action="store_true")
-    parser.add_argument("--variants", default="float32,bfloat16",
+    parser.add_argument("--no-flip", action="store_true", help="also skip the flip in the "
+                        "default-mode variants")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS,
                         help=f"comma-separated subset of {', '.join(VARIANTS)}")
     args = parser.parse_args()
+    chosen = args.variants.split(",")
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     torch.set_num_threads(args.threads)
+    print(f"{cpu_name()}; torch {torch.__version__}, {args.threads} threads; native bf16: "
+          f"{backends.native_bfloat16('cpu')}; openvino {openvino_version()}")
     official_rtf = None
     if OFFICIAL_TIMINGS.exists():
         official = json.loads(OFFICIAL_TIMINGS.read_text())["e2e_rerun"]["runs"][0]["total"]
@@ -47,29 +98,47 @@ def main() -> None:
                               generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     states = {t: models.d3net_mss(t).state_dict() for t in ("vocals", "drums", "bass", "other")}
-    for variant in args.variants.split(","):
-        if variant not in VARIANTS:
-            parser.error(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    rows = []
+    for variant in chosen:
+        if "openvino" in variant and not backends.openvino_available():
+            print(f"{variant:>18}: skipped, OpenVINO is not installed")
+            continue
+        options = dict(VARIANTS[variant])
+        options.setdefault("batch_size", args.batch_size)
+        if args.no_flip and options.get("mode") != "fast":
+            options["channel_flip"] = False
         nets = {}
         for target, state in states.items():
             nets[target] = models.d3net_mss(target).eval()
             nets[target].load_state_dict(state)
-        precision = "bfloat16" if variant == "bfloat16" else "float32"
-        batch_size = 16 if variant == "baseline" else args.batch_size
-        separator = Separator(nets, channel_flip=not args.no_flip, batch_size=batch_size,
-                              precision=precision)
+        start = time.perf_counter()
+        separator = Separator(nets, **options)
         if variant in ("float32-contiguous", "baseline"):
             separator.to(memory_format=torch.contiguous_format)
+        setup = time.perf_counter() - start
         start = time.perf_counter()
         separator.separate(audio, 44100)
         wall = time.perf_counter() - start
         rtf = wall / args.seconds
-        line = (f"{variant:>18}: {args.seconds:.0f} s stereo, 4 targets, flip="
-                f"{'off' if args.no_flip else 'on'}, {args.threads} threads: {wall:.1f} s wall, "
-                f"RTF {rtf:.2f}")
+        rows.append((variant, separator, wall, rtf))
+        reference = rows[0][3]
+        line = (f"{variant:>18}: {separator.backend} {separator.precision}, flip "
+                f"{'on' if separator.channel_flip else 'off'}, overlap "
+                f"{0.5 if separator.overlap is None else separator.overlap:g}: {wall:.1f} s "
+                f"wall (set-up {setup:.1f} s), RTF {rtf:.2f}, {reference / rtf:.2f}x "
+                f"{rows[0][0]}")
         if official_rtf:
-            line += f" -> {official_rtf / rtf:.1f}x the official speed"
+            line += f", {official_rtf / rtf:.1f}x the official speed"
         print(line, flush=True)
+
+    print(f"\n{args.seconds:g} s stereo, 4 full-size targets, {args.threads} threads\n")
+    print(f"| variant | backend | precision | flip | overlap | wall (s) | RTF | vs {rows[0][0]} |")
+    print("|---|---|---|---|---|---|---|---|")
+    for variant, separator, wall, rtf in rows:
+        print(f"| {variant} | {separator.backend} | {separator.precision} | "
+              f"{'on' if separator.channel_flip else 'off'} | "
+              f"{0.5 if separator.overlap is None else separator.overlap:g} | {wall:.1f} | "
+              f"{rtf:.2f} | {rows[0][3] / rtf:.2f}x |")
 
 
 if __name__ == "__main__":
