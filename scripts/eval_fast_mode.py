@@ -1,6 +1,6 @@
 """What the fast mode and the other speed options cost in quality.
 
-    python scripts/eval_fast_mode.py [--songs 8] [--seconds 12] [--skip-official]
+    python scripts/eval_fast_mode.py [--songs 8] [--seconds 8] [--jobs 1] [--skip-official]
         [--variants default-auto,no-flip,overlap-0,fast-float32,fast]
 
 Two measurements, each against the reference inference (the official one: channel flip,
@@ -43,35 +43,68 @@ REFERENCE = {"backend": "torch", "precision": "float32"}
 FIXTURES = Path(__file__).resolve().parents[2] / "shared/fixtures/official/mss"
 
 
-def demo_sdr(variants: list[str], songs: int, seconds: float) -> None:
-    from d3net.data.synth_music import generate_song
-    from d3net.demo import FIRST_DEMO_SEED, TARGETS, bundled_model_dir
-    from d3net.evaluate.sdr import score_track
+_separators: dict = {}
+
+
+def _build_separators(names: list[str], threads: int) -> dict:
+    from d3net.demo import bundled_model_dir
     from d3net.separate import Separator
 
+    torch.set_num_threads(threads)
+    options = {"reference": REFERENCE, **VARIANTS}
+    _separators.clear()
+    _separators.update({n: Separator.from_dir(bundled_model_dir(), device="cpu", **options[n])
+                        for n in names})
+    return _separators
+
+
+def _score_song(job: tuple[int, float]) -> tuple[int, dict]:
+    """Separate one held-out song with every separator; target SDRs per separator."""
+    from d3net.data.synth_music import generate_song
+    from d3net.demo import TARGETS
+    from d3net.evaluate.sdr import score_track
+
+    seed, seconds = job
+    stems = generate_song(seed, seconds, 44100)
+    truth = {t: np.asarray(stems[t], np.float32) for t in TARGETS}
+    mixture = torch.from_numpy(sum(truth.values()))
+    scores = {}
+    for name, separator in _separators.items():
+        estimates = separator.separate(mixture, 44100)
+        medians = score_track(truth, {t: estimates[t].numpy() for t in TARGETS}, 44100,
+                              scorer="own", accompaniment=False)["median"]
+        scores[name] = {t: medians[t]["SDR"] for t in TARGETS}
+    return seed, scores
+
+
+def demo_sdr(variants: list[str], songs: int, seconds: float, jobs: int = 1) -> None:
+    import multiprocessing
+
+    from d3net.demo import FIRST_DEMO_SEED, TARGETS
+
     names = ["reference"] + variants
-    options = {"reference": REFERENCE, **{v: VARIANTS[v] for v in variants}}
-    separators = {n: Separator.from_dir(bundled_model_dir(), device="cpu", **options[n])
-                  for n in names}
+    separators = _build_separators(names, torch.get_num_threads())  # converts once, here
     print("demo model, held-out songs; settings: " + "; ".join(
         f"{n} = {separators[n].backend} {separators[n].precision}, flip "
         f"{'on' if separators[n].channel_flip else 'off'}, overlap "
         f"{0.5 if separators[n].overlap is None else separators[n].overlap}" for n in names),
         flush=True)
     sdr = {n: {t: [] for t in TARGETS} for n in names}
-    for i in range(songs):
-        seed = FIRST_DEMO_SEED + 100 + i
-        stems = generate_song(seed, seconds, 44100)
-        truth = {t: np.asarray(stems[t], np.float32) for t in TARGETS}
-        mixture = torch.from_numpy(sum(truth.values()))
+    work = [(FIRST_DEMO_SEED + 100 + i, seconds) for i in range(songs)]
+    if jobs > 1:  # songs in parallel processes, one thread each; same figures
+        pool = multiprocessing.get_context("spawn").Pool(
+            jobs, initializer=_build_separators, initargs=(names, 1))
+        results = pool.imap(_score_song, work)
+    else:
+        pool, results = None, map(_score_song, work)
+    for seed, scores in results:
         for n in names:
-            estimates = separators[n].separate(mixture, 44100)
-            medians = score_track(truth, {t: estimates[t].numpy() for t in TARGETS}, 44100,
-                                  scorer="own", accompaniment=False)["median"]
             for t in TARGETS:
-                sdr[n][t].append(medians[t]["SDR"])
+                sdr[n][t].append(scores[n][t])
         print(f"song {seed}: " + ", ".join(
-            f"{n} {np.mean([sdr[n][t][-1] for t in TARGETS]):.2f}" for n in names), flush=True)
+            f"{n} {np.mean([scores[n][t] for t in TARGETS]):.2f}" for n in names), flush=True)
+    if pool is not None:
+        pool.close()
 
     print(f"\nd3net own SDR (= BSSEval v4), dB: median over 1 s frames, then over {songs} "
           f"songs of {seconds:g} s; change = per-song average-SDR difference to the reference "
@@ -120,9 +153,11 @@ def official_magnitudes(variants: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--songs", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="songs separated in parallel processes (same figures)")
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--skip-official", action="store_true")
     args = parser.parse_args()
@@ -131,7 +166,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if not args.skip_demo:
-        demo_sdr(variants, args.songs, args.seconds)
+        demo_sdr(variants, args.songs, args.seconds, args.jobs)
     if not args.skip_official:
         if not FIXTURES.is_dir():
             print(f"\nofficial fixtures not found at {FIXTURES}; skipped the magnitude check")

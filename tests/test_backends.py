@@ -298,6 +298,11 @@ def test_export_errors(tmp_path):
         export_models(seg, "onnx", tmp_path / "out")
     assert main(["export", "onnx", str(tmp_path / "nothing"), "-o", str(tmp_path / "o"),
                  "-q"]) == 2
+    model = models.save(tiny(), tmp_path / "vocals.safetensors")
+    with pytest.raises(D3NetError, match="positive multiple of 2, got 7"):
+        export_models(model, "onnx", tmp_path / "out", frames=7)
+    with pytest.raises(D3NetError, match="-o must be a folder"):
+        export_models(tmp_path, "onnx", tmp_path / "all.onnx")
 
 
 # -- the Separator on every path -------------------------------------------------------------

@@ -195,9 +195,10 @@ class PatchNetwork(nn.Module):
 
 def example_magnitude(model: D3NetMSS, frames: Optional[int] = None) -> Tensor:
     config = model.config
-    frames = frames or config.test_patch_len
-    if frames % config.frame_multiple:
-        raise D3NetError(f"frames must be a multiple of {config.frame_multiple}, got {frames}")
+    frames = config.test_patch_len if frames is None else int(frames)
+    if frames <= 0 or frames % config.frame_multiple:
+        raise D3NetError(f"frames must be a positive multiple of {config.frame_multiple}, "
+                         f"got {frames}")
     return torch.rand(1, config.audio_channels, config.num_bins, frames,
                       generator=torch.Generator().manual_seed(0))
 
