@@ -119,7 +119,7 @@ def demo_sdr(variants: list[str], songs: int, seconds: float, jobs: int = 1) -> 
               + f" | {np.mean(medians):.2f} | {change.mean():+.3f} | {change.min():+.3f} |")
 
 
-def official_magnitudes(variants: list[str]) -> None:
+def official_magnitudes(variants: list[str], weights: Path = FIXTURES) -> None:
     from d3net.audio import spectral
     from d3net.convert import load_nnabla
     from d3net.separate import TARGETS, Separator
@@ -128,7 +128,7 @@ def official_magnitudes(variants: list[str]) -> None:
     if mixture.shape[0] != 2:
         mixture = mixture.T
     magnitude = spectral.magnitude(spectral.stft(mixture.float()))
-    print(f"\nofficial-structure networks, calibrated fixture weights, fixture mixture "
+    print(f"\nofficial-structure networks, weights {weights}, fixture mixture "
           f"({magnitude.shape[-1]} frames); relative change of the magnitude estimates "
           "against the reference: max|a - ref| / max|ref| and ||a - ref|| / ||ref||\n")
     print("| inference | " + " | ".join(TARGETS) + " |")
@@ -136,7 +136,7 @@ def official_magnitudes(variants: list[str]) -> None:
     results = {}
     for n in ["reference"] + variants:
         options = REFERENCE if n == "reference" else VARIANTS[n]
-        fresh = {t: load_nnabla(FIXTURES / f"{t}.h5") for t in TARGETS}
+        fresh = {t: load_nnabla(weights / f"{t}.h5") for t in TARGETS}
         start = time.perf_counter()
         results[n] = Separator(fresh, device="cpu", **options).separate_magnitudes(magnitude)
         if n == "reference":
@@ -160,6 +160,9 @@ def main() -> None:
                         help="songs separated in parallel processes (same figures)")
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--skip-official", action="store_true")
+    parser.add_argument("--official-weights", type=Path, default=FIXTURES, metavar="DIR",
+                        help="folder with vocals.h5 ... other.h5 (default: the calibrated "
+                        "fixture weights; Sony's unzipped d3net-mss/ works too)")
     args = parser.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -168,10 +171,10 @@ def main() -> None:
     if not args.skip_demo:
         demo_sdr(variants, args.songs, args.seconds, args.jobs)
     if not args.skip_official:
-        if not FIXTURES.is_dir():
+        if not (FIXTURES / "e2e_mixture.npy").is_file():
             print(f"\nofficial fixtures not found at {FIXTURES}; skipped the magnitude check")
         else:
-            official_magnitudes(variants)
+            official_magnitudes(variants, args.official_weights)
 
 
 if __name__ == "__main__":
