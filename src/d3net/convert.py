@@ -238,6 +238,13 @@ def load_nnabla(path: PathLike, config=None, task: Optional[str] = None,
     Returns:
         The model, in eval mode.
     """
+    return nnabla_model(path, config, task=task, backbone_only=backbone_only)[0]
+
+
+def nnabla_model(path: PathLike, config=None, task: Optional[str] = None,
+                 backbone_only: Optional[bool] = None) -> Tuple[nn.Module, bool]:
+    """:func:`load_nnabla`, also saying whether only the backbone was filled (an ImageNet
+    backbone file: the head keeps its fresh initialisation)."""
     from .models import create
 
     params = _add_backbone_scope(read_nnabla_h5(path))
@@ -294,20 +301,79 @@ def load_nnabla(path: PathLike, config=None, task: Optional[str] = None,
     new_state = {key: torch.from_numpy(params[name].reshape(state[key].shape).copy())
                  for name, key in mapping.items()}
     model.load_state_dict(new_state, strict=False)
-    return model.eval()
+    return model.eval(), bool(backbone_only) and not isinstance(cfg, MSSConfig)
+
+
+def unpack_official_zip(path: PathLike, folder: PathLike,
+                        names: Optional[List[str]] = None) -> Dict[str, Path]:
+    """Extract the ``.h5`` files of an official archive (``d3net-mss.zip``) into ``folder``.
+
+    Members are found by file name wherever they sit inside the archive and written under
+    that name only (never outside ``folder``). Every member's CRC is checked.
+
+    Args:
+        path: the ``.zip`` file.
+        folder: where to write the ``.h5`` files (created).
+        names: the file names needed (e.g. ``["vocals.h5", ...]``); default: every ``.h5``.
+
+    Returns:
+        file name -> extracted path.
+
+    Raises:
+        D3NetError: not a complete zip archive, a corrupt member, or a needed file missing.
+    """
+    import zipfile
+
+    path, folder = Path(path), Path(folder)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {}
+            for info in archive.infolist():
+                name = info.filename.replace("\\", "/").rsplit("/", 1)[-1]
+                if not info.is_dir() and name.lower().endswith(".h5"):
+                    members.setdefault(name, info)
+            wanted = list(members) if names is None else list(names)
+            missing = [n for n in wanted if n not in members]
+            if missing:
+                raise D3NetError(f"{path}: the archive lacks {', '.join(missing)} (it holds "
+                                 f"{', '.join(sorted(members)) or 'no .h5 file'})")
+            folder.mkdir(parents=True, exist_ok=True)
+            extracted = {}
+            for name in wanted:
+                with archive.open(members[name]) as source, open(folder / name, "wb") as target:
+                    while True:  # reading to the end checks the member's CRC
+                        block = source.read(1 << 20)
+                        if not block:
+                            break
+                        target.write(block)
+                extracted[name] = folder / name
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise D3NetError(f"{path}: not a complete zip archive ({exc})") from None
+    return extracted
 
 
 def convert_nnabla(src: PathLike, dst: PathLike, config=None, task: Optional[str] = None,
                    backbone_only: Optional[bool] = None) -> List[Path]:
-    """Convert one official ``.h5`` file to a d3net ``.safetensors`` file, or a folder of
-    official music models (``vocals.h5``, ...) to a separation model folder.
+    """Convert official weights to d3net ``.safetensors`` model files.
+
+    ``src`` is one ``.h5`` file, a folder of official music models (``vocals.h5``, ...) or
+    the official archive of them (``d3net-mss.zip``). ``dst`` is a ``.safetensors`` file
+    (one ``.h5`` only) or a folder, which then receives what ``--model FOLDER`` reads:
+    ``<target>.safetensors`` for music models, ``model.safetensors`` for a segmentation
+    model. An ImageNet backbone file is marked ``backbone_only`` in the file's metadata.
 
     Everything is converted in memory first; files are written only if all succeed, each
     atomically.
     """
+    import tempfile
+
     from .models import save
 
     src, dst = Path(src), Path(dst)
+    if src.suffix.lower() == ".zip" and src.is_file():
+        with tempfile.TemporaryDirectory(prefix="d3net-unzip-") as tmp:
+            unpack_official_zip(src, tmp)
+            return convert_nnabla(tmp, dst, config=config, task=task, backbone_only=backbone_only)
     if src.is_dir():
         files = sorted(p for p in src.iterdir() if p.suffix.lower() == ".h5")
         if not files:
@@ -326,8 +392,11 @@ def convert_nnabla(src: PathLike, dst: PathLike, config=None, task: Optional[str
                 raise D3NetError(f"{src}: two files hold the {target} model")
             models[target] = model
         return [save(model, dst / f"{target}.safetensors") for target, model in models.items()]
-    if dst.suffix.lower() != ".safetensors":
-        raise D3NetError(f"{dst}: the output of a single-file conversion must end in .safetensors")
-    check_writable(dst.parent)
-    model = load_nnabla(src, config, task=task, backbone_only=backbone_only)
-    return [save(model, dst)]
+    single_file = dst.suffix.lower() == ".safetensors"
+    check_writable(dst.parent if single_file else dst)
+    model, backbone = nnabla_model(src, config, task=task, backbone_only=backbone_only)
+    if not single_file:
+        from .models.files import SEG_MODEL_FILE
+        dst = dst / (f"{model.config.target}.safetensors" if isinstance(model.config, MSSConfig)
+                     else SEG_MODEL_FILE)
+    return [save(model, dst, extra={"backbone_only": "true"} if backbone else None)]

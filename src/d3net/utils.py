@@ -36,9 +36,13 @@ def _create_temporary(path: Path, suffix: str) -> Tuple[Path, int]:
 
 
 def cache_home() -> Path:
-    """d3net's cache folder: ``$D3NET_HOME`` if set, else ``~/.cache/d3net``."""
+    """d3net's cache folder (fetched weights, OpenVINO conversions): ``$D3NET_HOME`` if set,
+    else ``$XDG_CACHE_HOME/d3net``, else ``~/.cache/d3net`` (torch.hub's conventions)."""
     home = os.environ.get("D3NET_HOME")
-    return Path(home).expanduser() if home else Path.home() / ".cache" / "d3net"
+    if home:
+        return Path(home).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "d3net"
 
 
 @contextlib.contextmanager

@@ -1,55 +1,108 @@
-"""Model builders and the d3net model file format.
+"""Model builders, the d3net model file format, named weights and the one model loader.
 
-Builders (torchvision style): :func:`d3net_s`, :func:`d3net_l`, :func:`d3net_mss`,
-:func:`create` for any config. A *model file* is one ``.safetensors`` holding the weights
-(parameters and BatchNorm statistics) with the full config as JSON in its metadata, so
-:func:`load` rebuilds the model from the file alone.
+Builders (torchvision style): :func:`d3net_s`, :func:`d3net_l`, :func:`d3net_mss` (each
+with ``weights=``; the segmentation ones also ``weights_backbone=``), :func:`create` for any
+config. A *model file* is one ``.safetensors`` holding the weights (parameters and
+BatchNorm statistics) with the full config as JSON in its metadata (:mod:`.files`).
+:func:`load` and :func:`load_separation` accept any model spec: a model file, a folder, an
+official ``.h5``, or a weight name of :mod:`.weights` (fetched and cached by :mod:`.hub`);
+see :mod:`.loading`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import torch
 from torch import nn
 
-from ..configs import (MSSConfig, SegConfig, TARGETS, describe, from_dict, load_config,
-                       preset, to_dict)
+from ..configs import (MSSConfig, SegConfig, TARGETS, describe, load_config, preset,
+                       to_dict)
 from ..errors import D3NetError
+from .files import FORMAT_NAME, FORMAT_VERSION, build, load_file, read_metadata, save
+from .loading import (load, load_backbone_weights, load_separation, resolve,
+                      wrong_task)
 from .segmentation import D3NetSegmentation
 from .separation import D3NetMSS
+from .weights import WEIGHTS, Weights, get_weights
 
 __all__ = ["D3NetSegmentation", "D3NetMSS", "d3net_s", "d3net_l", "d3net_mss", "create",
-           "load", "save", "count_parameters", "fingerprint", "FORMAT_NAME"]
+           "load", "load_separation", "load_backbone_weights", "load_file", "resolve", "save",
+           "read_metadata", "count_parameters", "fingerprint", "Weights", "WEIGHTS",
+           "get_weights", "wrong_task", "FORMAT_NAME", "FORMAT_VERSION"]
 
-FORMAT_NAME = "d3net"
-FORMAT_VERSION = "1"
+Spec = Union[str, "os.PathLike[str]", Weights]
 
 
-def d3net_s(num_classes: int = 19, head: str = "fcn", dilation: str = "multi") -> D3NetSegmentation:
-    """D3Net-S (9.7 M parameters with the FCN head and 19 classes)."""
+def d3net_s(num_classes: int = 19, head: str = "fcn", dilation: str = "multi", *,
+            weights: Optional[Spec] = None, weights_backbone: Optional[Spec] = None,
+            progress: bool = True) -> D3NetSegmentation:
+    """D3Net-S (9.7 M parameters with the FCN head and 19 classes).
+
+    Args:
+        weights: whole-model weights (``"official-d3net-s"``, a model file or folder, an
+            official ``.h5``); their config must equal the one asked for.
+        weights_backbone: backbone weights only (``"official-d3net-s-backbone"``, ...);
+            the head keeps its fresh initialisation (see :func:`load_backbone_weights`).
+        progress: show download progress for weight names.
+    """
     config = preset("d3net-s")
     config.num_classes, config.head, config.dilation = num_classes, head, dilation
-    return D3NetSegmentation(SegConfig(**_init_fields(config)))
+    return _built(SegConfig(**_init_fields(config)), weights, weights_backbone, progress)
 
 
-def d3net_l(num_classes: int = 19, head: str = "fcn", dilation: str = "multi") -> D3NetSegmentation:
-    """D3Net-L (38.7 M parameters with the FCN head and 19 classes)."""
+def d3net_l(num_classes: int = 19, head: str = "fcn", dilation: str = "multi", *,
+            weights: Optional[Spec] = None, weights_backbone: Optional[Spec] = None,
+            progress: bool = True) -> D3NetSegmentation:
+    """D3Net-L (38.7 M parameters with the FCN head and 19 classes); ``weights``
+    (``"official-d3net-l"``), ``weights_backbone`` (``"official-d3net-l-backbone"``) and
+    ``progress`` as in :func:`d3net_s`."""
     config = preset("d3net-l")
     config.num_classes, config.head, config.dilation = num_classes, head, dilation
-    return D3NetSegmentation(SegConfig(**_init_fields(config)))
+    return _built(SegConfig(**_init_fields(config)), weights, weights_backbone, progress)
 
 
-def d3net_mss(target: str = "vocals", dilation: str = "multi", small: bool = False) -> D3NetMSS:
+def d3net_mss(target: str = "vocals", dilation: str = "multi", small: bool = False, *,
+              weights: Optional[Spec] = None, progress: bool = True) -> D3NetMSS:
     """The official music separation network of ``target`` (vocals, drums, bass, other);
-    ``small=True`` gives the reduced ``mss-small`` configuration instead."""
+    ``small=True`` gives the reduced ``mss-small`` configuration instead.
+
+    Args:
+        weights: ``"official-mss"`` (``"demo"`` with ``small=True``), a separation model
+            folder or a model file; the ``target`` network is taken from it and its config
+            must equal the one asked for.
+        progress: show download progress for weight names.
+    """
     if target not in TARGETS:
         raise D3NetError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
     config = preset("mss-small" if small else f"mss-{target}", target=target)
     config.dilation = dilation
-    return D3NetMSS(MSSConfig(**_init_fields(config)))
+    return _built(MSSConfig(**_init_fields(config)), weights, None, progress)
+
+
+def _built(config, weights: Optional[Spec], weights_backbone: Optional[Spec],
+           progress: bool) -> nn.Module:
+    """A model for ``config``: fresh, from ``weights``, or with a pretrained backbone."""
+    if weights is not None and weights_backbone is not None:
+        raise D3NetError("give weights or weights_backbone, not both (whole-model weights "
+                         "include the backbone)")
+    if weights is None:
+        model = build(config)
+        if weights_backbone is not None:
+            load_backbone_weights(model, weights_backbone, progress=progress)
+        return model
+    model = load(weights, task=config.task, target=getattr(config, "target", None),
+                 progress=progress)
+    ours, theirs = to_dict(config), to_dict(model.config)
+    differ = [k for k in ours if k != "name" and ours[k] != theirs.get(k)]
+    if differ:
+        detail = ", ".join(f"{k} {theirs.get(k)!r} vs {ours[k]!r}" for k in differ[:3])
+        raise D3NetError(f"{weights}: weights of {describe(model.config)} do not fit "
+                         f"{describe(config)} ({detail})")
+    return model
 
 
 def _init_fields(config) -> Dict[str, Any]:
@@ -60,10 +113,7 @@ def _init_fields(config) -> Dict[str, Any]:
 def create(config: Union[str, Path, SegConfig, MSSConfig, Dict[str, Any]],
            task: Optional[str] = None, target: Optional[str] = None) -> nn.Module:
     """A freshly initialised model from a preset name, YAML file, dict or config object."""
-    config = load_config(config, task=task, target=target)
-    if isinstance(config, MSSConfig):
-        return D3NetMSS(config)
-    return D3NetSegmentation(config)
+    return build(load_config(config, task=task, target=target))
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -92,59 +142,3 @@ def fingerprint(model: nn.Module) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def save(model: nn.Module, path: Union[str, Path], extra: Optional[Dict[str, str]] = None) -> Path:
-    """Write ``model`` (weights + config) to one ``.safetensors`` file, atomically."""
-    from safetensors.torch import save_file
-
-    from ..utils import atomic_path
-
-    config = getattr(model, "config", None)
-    if config is None:
-        raise D3NetError("only d3net models (with a .config) can be saved")
-    metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-                "config": json.dumps(to_dict(config))}
-    metadata.update(extra or {})
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
-    return path
-
-
-def read_metadata(path: Union[str, Path]) -> Dict[str, str]:
-    """The metadata of a d3net model file, with a clear error for anything else."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise D3NetError(f"model file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types
-        raise D3NetError(f"{path}: not a safetensors model file ({exc})") from None
-    if metadata.get("format") != FORMAT_NAME or "config" not in metadata:
-        raise D3NetError(f"{path}: a safetensors file without a d3net config; convert official "
-                         "weights with 'd3net convert nnabla'")
-    return metadata
-
-
-def load(path: Union[str, Path], device: Union[str, torch.device, None] = None) -> nn.Module:
-    """Rebuild a model from a d3net ``.safetensors`` file, in eval mode."""
-    from safetensors.torch import load_file
-
-    metadata = read_metadata(path)
-    config = from_dict(json.loads(metadata["config"]))
-    model = create(config)
-    state = load_file(str(path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise D3NetError(f"{path}: weights do not match {describe(config)}: "
-                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-    model.eval()
-    if device is not None:
-        model.to(device)
-    return model
