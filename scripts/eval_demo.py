@@ -19,17 +19,18 @@ import torch
 
 def main() -> None:
     from d3net.data.synth_music import generate_song
-    from d3net.demo import FIRST_DEMO_SEED, TARGETS, bundled_model_dir
+    from d3net.demo import FIRST_DEMO_SEED, TARGETS
     from d3net.evaluate.sdr import score_track
     from d3net.separate import Separator
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--songs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=12.0)
-    parser.add_argument("--model", default=None)
+    parser.add_argument("--model", default="demo",
+                        help="any separation model spec (default: the bundled demo model)")
     args = parser.parse_args()
 
-    separator = Separator.from_dir(args.model or bundled_model_dir(), device="cpu")
+    separator = Separator.from_pretrained(args.model, device="cpu")
     rows = ("demo model", "mixture as estimate", "mixture / 4 as estimate")
     tables = {row: {t: [] for t in TARGETS} for row in rows}
     scorer = None

@@ -47,13 +47,12 @@ _separators: dict = {}
 
 
 def _build_separators(names: list[str], threads: int) -> dict:
-    from d3net.demo import bundled_model_dir
     from d3net.separate import Separator
 
     torch.set_num_threads(threads)
     options = {"reference": REFERENCE, **VARIANTS}
     _separators.clear()
-    _separators.update({n: Separator.from_dir(bundled_model_dir(), device="cpu", **options[n])
+    _separators.update({n: Separator.from_pretrained("demo", device="cpu", **options[n])
                         for n in names})
     return _separators
 

@@ -4,10 +4,12 @@ The public face (imported lazily, so ``import d3net`` stays cheap)::
 
     import d3net
     model = d3net.models.d3net_s()                 # builders: d3net_s, d3net_l, d3net_mss
-    model = d3net.load("model.safetensors")        # our model files (config inside)
-    separator = d3net.Separator.from_dir("models/mss")
-    segmenter = d3net.Segmenter.from_file("models/d3net-s.safetensors")
-    model = d3net.load_nnabla("D3Net-S.h5", "d3net-s")   # Sony's official weights
+    model = d3net.models.d3net_s(weights="official-d3net-s")   # Sony's weights, cached
+    model = d3net.load("model.safetensors")        # any model spec: file, folder, .h5, name
+    models = d3net.load_separation("official-mss")  # {"vocals": ..., "drums": ..., ...}
+    separator = d3net.Separator.from_pretrained("official-mss")   # or "demo", a folder
+    segmenter = d3net.Segmenter.from_pretrained("official-d3net-s")
+    model = d3net.load_nnabla("D3Net-S.h5", "d3net-s")   # an official file by hand
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "models": ("d3net.models", None),
     "load": ("d3net.models", "load"),
+    "load_separation": ("d3net.models", "load_separation"),
     "save": ("d3net.models", "save"),
     "Separator": ("d3net.separate", "Separator"),
     "Segmenter": ("d3net.segment", "Segmenter"),

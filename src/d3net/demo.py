@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .errors import D3NetError
+from .models import hub
 from .utils import check_writable
 
 TARGETS = ("vocals", "drums", "bass", "other")
@@ -24,12 +25,9 @@ DEMO_SECONDS = 12.0
 
 
 def bundled_model_dir() -> Path:
-    """Folder of the bundled demo separation model (``<target>.safetensors``)."""
-    path = Path(__file__).resolve().parent / "assets" / "demo"
-    if not all((path / f"{t}.safetensors").is_file() for t in TARGETS):
-        raise D3NetError(f"the bundled demo model is missing from {path}; rebuild it with "
-                         "'python scripts/train_demo.py'")
-    return path
+    """Folder of the bundled demo separation model (``<target>.safetensors``): the
+    registry's ``demo`` weights (:mod:`d3net.models.weights`)."""
+    return hub.fetch("demo", progress=False)
 
 
 def run_demo(out: Union[str, os.PathLike], seed: int = FIRST_DEMO_SEED,
@@ -60,7 +58,7 @@ def run_demo(out: Union[str, os.PathLike], seed: int = FIRST_DEMO_SEED,
     stems = generate_song(seed, seconds, sample_rate)
     truth = {t: np.asarray(stems[t], dtype=np.float32) for t in TARGETS}
     mixture = sum(truth.values())
-    separator = Separator.from_dir(bundled_model_dir(), device=device, progress=progress)
+    separator = Separator.from_pretrained("demo", device=device, progress=progress)
     estimates = separator.separate(torch.from_numpy(mixture), sample_rate)
     estimates = {t: estimates[t].cpu().numpy() for t in TARGETS}
 

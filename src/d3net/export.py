@@ -27,7 +27,7 @@ import torch
 
 from d3net import models as model_io
 from d3net.backends import PatchNetwork, example_magnitude, float32_cpu_copy, convert_openvino
-from d3net.configs import TARGETS, to_dict
+from d3net.configs import to_dict
 from d3net.errors import D3NetError
 from d3net.models import D3NetMSS
 from d3net.utils import atomic_path
@@ -123,31 +123,15 @@ def export_openvino(model: D3NetMSS, path: Union[str, os.PathLike],
     return path
 
 
-def load_models(path: Union[str, os.PathLike]) -> Dict[str, D3NetMSS]:
-    """target -> music network, from a model file or a separation model folder.
+def load_models(model: Union[str, os.PathLike]) -> Dict[str, D3NetMSS]:
+    """target -> music network for any separation model spec (a model file, a separation
+    model folder, an official ``.h5``, a weight name such as ``official-mss``): see
+    :func:`d3net.models.load_separation`.
 
     Raises:
         D3NetError: nothing there, no music model in the folder, not a music model.
     """
-    path = Path(path)
-    if path.is_dir():
-        files = {t: path / f"{t}.safetensors" for t in TARGETS
-                 if (path / f"{t}.safetensors").is_file()}
-        if not files:
-            raise D3NetError(f"{path}: no separation model found (expected "
-                             f"<target>.safetensors for some of {', '.join(TARGETS)})")
-    elif path.is_file():
-        files = {None: path}
-    else:
-        raise D3NetError(f"model not found: {path}")
-    loaded = {}
-    for target, file in files.items():
-        model = model_io.load(file)
-        if not isinstance(model, D3NetMSS):
-            raise D3NetError(f"{file}: not a music separation model (only those can be "
-                             "exported)")
-        loaded[target or str(model.config.target)] = model
-    return loaded
+    return model_io.load_separation(model)
 
 
 def export_models(model: Union[str, os.PathLike], format: str, out: Union[str, os.PathLike],
@@ -155,7 +139,8 @@ def export_models(model: Union[str, os.PathLike], format: str, out: Union[str, o
     """Export a model file or every network of a separation model folder.
 
     Args:
-        model: a d3net music model file or a separation model folder.
+        model: a separation model spec: a d3net music model file, a separation model
+            folder, an official ``.h5`` or a weight name (``official-mss``, ``demo``).
         format: ``"onnx"`` or ``"openvino"``.
         out: for a single model, the output file if it ends with ``.onnx`` / ``.xml``;
             otherwise (and always for a folder) a folder that gets ``<target>.onnx`` or

@@ -45,8 +45,6 @@ TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 #: Smallest side the network is run on (its output stride is 32); smaller inputs are
 #: padded for the pass and the padding is cut off the output.
 MIN_SIZE = 32
-#: Name of the weights file inside a segmentation model folder (a training run folder).
-MODEL_FILENAME = "model.safetensors"
 #: Cityscapes label ids (0..33), the files Cityscapes' evaluation scripts and test server read.
 LABEL_IDS_SUFFIX = "_labelIds.png"
 #: Train ids (0..18 for Cityscapes; the model's class index for any model).
@@ -105,37 +103,6 @@ def _check_scales(scales: Sequence[float]) -> Tuple[float, ...]:
     return scales
 
 
-def resolve_model_path(path: PathLike) -> Path:
-    """A segmentation ``--model``: a model file, or a folder holding ``model.safetensors``."""
-    path = Path(path)
-    if path.is_dir():
-        file = path / MODEL_FILENAME
-        if not file.is_file():
-            raise D3NetError(f"{path}: a segmentation model folder must hold {MODEL_FILENAME}")
-        return file
-    if not path.exists():
-        raise D3NetError(f"model not found: {path}")
-    return path
-
-
-def load_segmentation_model(path: PathLike, device: Union[str, torch.device, None] = None
-                            ) -> nn.Module:
-    """Load a segmentation model from a d3net ``.safetensors`` file, a run folder, or an
-    official NNabla ``.h5`` file (config inferred from its parameters); eval mode."""
-    file = resolve_model_path(path)
-    if file.suffix.lower() == ".h5":
-        from .convert import load_nnabla
-        model = load_nnabla(file)
-    else:
-        from .models import load
-        model = load(file)
-    if getattr(getattr(model, "config", None), "task", None) != "seg":
-        raise D3NetError(f"{file}: not a segmentation model (it is a "
-                         f"{getattr(getattr(model, 'config', None), 'task', 'unknown')} model)")
-    model.eval()
-    return model.to(device) if device is not None else model
-
-
 class Segmenter(nn.Module):
     """Runs a segmentation network on images of any size, with optional test-time
     augmentation.
@@ -156,7 +123,7 @@ class Segmenter(nn.Module):
 
     Example::
 
-        segmenter = Segmenter.from_file("runs/cityscapes", tta=True)
+        segmenter = Segmenter.from_pretrained("official-d3net-s", tta=True)
         labels, probabilities = segmenter.predict_image("frankfurt.png")
     """
 
@@ -192,11 +159,36 @@ class Segmenter(nn.Module):
         self.model.eval()
 
     @classmethod
+    def from_pretrained(cls, model: PathLike = "official-d3net-s",
+                        device: Union[str, torch.device, None] = None, *,
+                        download_progress: bool = True, **options) -> "Segmenter":
+        """A Segmenter for any segmentation model spec (:mod:`d3net.models.loading`).
+
+        Args:
+            model: a weight name (``"official-d3net-s"``, the default, or
+                ``"official-d3net-l"``: Sony's weights, fetched and cached on first use), a
+                model file, a run folder (``FOLDER/model.safetensors``) or an official
+                ``.h5``.
+            device: where to run.
+            download_progress: show what is downloaded, with a progress bar (weight
+                names fetched for the first time).
+            **options: the other :class:`Segmenter` options.
+
+        Raises:
+            D3NetError: see :func:`d3net.models.load` (a music model gets the wrong-task
+                sentence).
+        """
+        from .models import load
+
+        network = load(model, task="seg", device=device, progress=download_progress)
+        return cls(network, device=device, **options)
+
+    @classmethod
     def from_file(cls, path: PathLike, device: Union[str, torch.device, None] = None,
-                  **kwargs) -> "Segmenter":
-        """A Segmenter for a model file, a run folder (``FOLDER/model.safetensors``) or an
-        official ``.h5``; ``kwargs`` are the other :class:`Segmenter` options."""
-        return cls(load_segmentation_model(path, device), device=device, **kwargs)
+                  **options) -> "Segmenter":
+        """Alias of :meth:`from_pretrained` (kept for existing code): ``path`` may be any
+        segmentation model spec."""
+        return cls.from_pretrained(path, device=device, **options)
 
     @property
     def device(self) -> torch.device:

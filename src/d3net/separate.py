@@ -30,7 +30,6 @@ and patches that do not overlap (``overlap=0``; measured in benchmarks/RESULTS.m
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Dict, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
@@ -88,7 +87,7 @@ class Separator(nn.Module):
 
     Example::
 
-        separator = Separator.from_dir("models/d3net", device="cuda")
+        separator = Separator.from_pretrained("official-mss", device="cuda")
         stems = separator.separate(waveform, 44100)   # {"vocals": (channels, samples), ...}
     """
 
@@ -171,45 +170,37 @@ class Separator(nn.Module):
         return not set(TARGETS) <= set(self.targets)
 
     @classmethod
-    def from_dir(cls, path: Union[str, os.PathLike], device: Union[str, torch.device, None] = None,
-                 targets: Optional[Sequence[str]] = None, **kwargs) -> "Separator":
-        """Load every ``<target>.safetensors`` of a separation model folder.
+    def from_pretrained(cls, model: Union[str, os.PathLike] = "official-mss",
+                        targets: Optional[Sequence[str]] = None,
+                        device: Union[str, torch.device, None] = None, *,
+                        download_progress: bool = True, **options) -> "Separator":
+        """A separator for any separation model spec (:mod:`d3net.models.loading`).
 
         Args:
-            path: a separation model folder (or a single target's model file).
+            model: a weight name (``"official-mss"``, the default: Sony's weights, fetched
+                and cached on first use; ``"demo"``: the small bundled model), a separation
+                model folder or training run folder, one model file, or official ``.h5``.
+            targets: restrict to these targets (default: all the model provides).
             device: where to run.
-            targets: restrict to these targets (default: all present in the folder).
-            **kwargs: the other :class:`Separator` options.
-        """
-        from d3net import models as model_io
+            download_progress: show what is downloaded, with a progress bar (weight
+                names fetched for the first time).
+            **options: the other :class:`Separator` options.
 
-        path = Path(path)
-        if not path.exists():
-            raise D3NetError(f"model not found: {path}")
-        if path.is_file():
-            model = model_io.load(path, device=device)
-            files = {_model_target(model, path): path}
-            loaded = {_model_target(model, path): model}
-        else:
-            files = {t: path / f"{t}.safetensors" for t in TARGETS
-                     if (path / f"{t}.safetensors").is_file()}
-            if not files:
-                raise D3NetError(
-                    f"{path}: no separation model found (expected <target>.safetensors for "
-                    f"some of {', '.join(TARGETS)})")
-            loaded = {}
-        if targets is not None:
-            missing = [t for t in targets if t not in files]
-            if missing:
-                raise D3NetError(f"{path}: no model for target(s) {', '.join(missing)}; "
-                                 f"available: {', '.join(files)}")
-            files = {t: files[t] for t in targets}
-        models = {}
-        for target, file in files.items():
-            model = loaded[target] if target in loaded else model_io.load(file, device=device)
-            _model_target(model, file)
-            models[target] = model
-        return cls(models, device=device, **kwargs)
+        Raises:
+            D3NetError: see :func:`d3net.models.load_separation`.
+        """
+        from d3net.models import load_separation
+
+        models = load_separation(model, targets=targets, device=device,
+                                 progress=download_progress)
+        return cls(models, device=device, **options)
+
+    @classmethod
+    def from_dir(cls, path: Union[str, os.PathLike], device: Union[str, torch.device, None] = None,
+                 targets: Optional[Sequence[str]] = None, **options) -> "Separator":
+        """Alias of :meth:`from_pretrained` (kept for existing code): ``path`` may be any
+        separation model spec."""
+        return cls.from_pretrained(path, targets=targets, device=device, **options)
 
     def forward(self, waveform: Tensor, sample_rate: int = spectral.SAMPLE_RATE) -> Dict[str, Tensor]:
         """Same as :meth:`separate`."""
@@ -366,14 +357,6 @@ def _patching(target: str, model: nn.Module) -> tuple[int, int]:
     if patch <= 0 or shift <= 0 or shift > patch:
         raise D3NetError(f"model {target}: invalid test_patch_len {patch} / out_shift {shift}")
     return patch, shift
-
-
-def _model_target(model: nn.Module, path: Path) -> str:
-    config = getattr(model, "config", None)
-    if getattr(config, "task", None) != "mss":
-        raise D3NetError(f"{path}: not a music separation model (it is a "
-                         f"{getattr(config, 'task', 'unknown')} model)")
-    return str(getattr(config, "target", path.stem))
 
 
 def _check_waveform(waveform: Tensor, sample_rate: int) -> Tensor:

@@ -1,4 +1,4 @@
-"""Evaluate a separation model folder on a MUSDB18(-HQ)-layout subset, as SiSEC / Table 4.
+"""Evaluate a separation model on a MUSDB18(-HQ)-layout subset, as SiSEC / Table 4.
 
 Every track is separated with :class:`d3net.separate.Separator` (the official inference:
 patches, channel flip, one Wiener iteration), scored with
@@ -24,6 +24,7 @@ import torch
 
 from ..data import musdb
 from ..errors import D3NetError
+from ..models import resolve
 from ..utils import PathLike, check_unique_outputs, check_writable
 from . import sdr
 
@@ -115,7 +116,7 @@ def _difference(recorded: Optional[dict], current: dict) -> Optional[str]:
     return None
 
 
-def evaluate_mss(root: PathLike, model_dir: PathLike, subset: str = "test",
+def evaluate_mss(root: PathLike, model: PathLike, subset: str = "test",
                  out_dir: Optional[PathLike] = None, scorer: str = "auto",
                  progress: bool = True, device: Union[str, torch.device, None] = None,
                  wiener_iterations: int = 1, track_names: Optional[Sequence[str]] = None,
@@ -125,8 +126,10 @@ def evaluate_mss(root: PathLike, model_dir: PathLike, subset: str = "test",
 
     Args:
         root: dataset root (MUSDB18-HQ layout, MUSDB18 stem files, or synthetic songs).
-        model_dir: a separation model folder (``<target>.safetensors`` for any of the four
-            targets; e.g. a training run folder) or one model file.
+        model: a separation model spec: a weight name (``official-mss``, ``demo``), a
+            separation model folder (``<target>.safetensors`` for any of the four targets;
+            e.g. a training run folder), one model file or official ``.h5`` (see
+            :mod:`d3net.models.loading`).
         subset: ``"test"`` (default) or ``"train"``.
         out_dir: where the per-track museval JSON files go (``out_dir/<subset>/``);
             ``None`` writes nothing (and resumes nothing). Files already there are reused
@@ -154,8 +157,7 @@ def evaluate_mss(root: PathLike, model_dir: PathLike, subset: str = "test",
     from ..train.loop import resolve_device
 
     say = log or (lambda message: None)
-    if not Path(model_dir).exists():
-        raise D3NetError(f"model not found: {model_dir}")
+    resolve(model, task="mss")  # a wrong model fails now, before the dataset is read
     tracks = musdb.list_tracks(root, subset)
     if track_names is not None:
         missing = sorted(set(track_names) - {t.name for t in tracks})
@@ -169,8 +171,9 @@ def evaluate_mss(root: PathLike, model_dir: PathLike, subset: str = "test",
             ((t.paths["mixture"], str(sdr.track_json_path(out_dir, t.name, subset)))
              for t in tracks), hint="keep one of them in the dataset")
         check_writable(Path(out_dir) / subset)
-    separator = Separator.from_dir(model_dir, device=resolve_device(device),
-                                   wiener_iterations=wiener_iterations)
+    separator = Separator.from_pretrained(model, device=resolve_device(device),
+                                          wiener_iterations=wiener_iterations,
+                                          download_progress=progress)
     record = provenance(separator, used)
     if note:
         say(note)

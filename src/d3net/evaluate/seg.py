@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..errors import D3NetError
-from ..segment import Segmenter, load_segmentation_model
+from ..models import load
+from ..segment import Segmenter
 from .miou import ConfusionMatrix
 
 PathLike = Union[str, os.PathLike]
@@ -38,8 +39,9 @@ def evaluate_seg(root: Union[PathLike, torch.utils.data.Dataset],
             with its ``load(index)`` method (as :class:`d3net.data.cityscapes.
             SegmentationDataset`), or ``(normalised image (3, H, W), labels (H, W))`` items.
         model: a segmentation network, a :class:`Segmenter` (used with its own inference
-            options; ``mode`` ... ``batch_size`` are then ignored), or a model path
-            (file, run folder or official ``.h5``).
+            options; ``mode`` ... ``batch_size`` are then ignored), or a model spec (a
+            weight name such as ``official-d3net-s``, a model file, a run folder or an
+            official ``.h5``; see :mod:`d3net.models.loading`).
         split: the Cityscapes split (``val``; ``train`` works too).
         mode, scales, flip, tta, crop, stride, batch_size: inference options of
             :class:`Segmenter`.
@@ -57,8 +59,8 @@ def evaluate_seg(root: Union[PathLike, torch.utils.data.Dataset],
         model is left in the training/eval mode it came in.
     """
     segmenter, network, was_training = _segmenter(
-        model, device, mode=mode, scales=scales, flip=flip, tta=tta, crop=crop, stride=stride,
-        batch_size=batch_size)
+        model, device, progress, mode=mode, scales=scales, flip=flip, tta=tta, crop=crop,
+        stride=stride, batch_size=batch_size)
     dataset = _dataset(root, split, segmenter)
     indices = list(range(len(dataset)))
     if limit is not None:
@@ -84,9 +86,9 @@ def evaluate_seg(root: Union[PathLike, torch.utils.data.Dataset],
     return matrix
 
 
-def _segmenter(model, device, **options) -> tuple:
+def _segmenter(model, device, progress: bool, **options) -> tuple:
     """(Segmenter, the network inside it, whether that network was in training mode) for
-    a network, a Segmenter or a path."""
+    a network, a Segmenter or a model spec."""
     if isinstance(model, Segmenter):
         if device is not None:
             model.to(device)
@@ -94,9 +96,9 @@ def _segmenter(model, device, **options) -> tuple:
     if isinstance(model, (str, os.PathLike)):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = load_segmentation_model(model, device)
+        model = load(model, task="seg", device=device, progress=progress)
     if not isinstance(model, nn.Module):
-        raise D3NetError(f"expected a segmentation model, a Segmenter or a model path, got "
+        raise D3NetError(f"expected a segmentation model, a Segmenter or a model spec, got "
                          f"{type(model).__name__}")
     if hasattr(model, "module") and isinstance(model.module, nn.Module):
         model = model.module  # DistributedDataParallel: evaluate the plain network

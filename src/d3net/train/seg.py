@@ -18,7 +18,8 @@ Recipe (paper Sec. 5.1 and Sony's official ``train.py``), every value overridabl
   PyTorch's SyncBatchNorm does not run); mixed precision on CUDA;
 * initialisation: NNabla's defaults that the official model uses (Glorot-uniform
   convolutions, zero biases), then the ImageNet backbone when one is given
-  (``pretrained_backbone``: an official backbone ``.h5`` or one of our model files).
+  (``pretrained_backbone``: a weight name such as ``official-d3net-s-backbone``, an official
+  backbone ``.h5`` or one of our model files; :func:`d3net.models.load_backbone_weights`).
 
 Where the official code differs or needs a choice:
 
@@ -207,56 +208,6 @@ def official_init_(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_pretrained_backbone(model: nn.Module, path: PathLike) -> List[str]:
-    """Fill ``model.backbone`` from an ImageNet backbone, in place.
-
-    Args:
-        model: a :class:`d3net.models.D3NetSegmentation`.
-        path: an official NNabla ``.h5`` (a backbone file, or a whole segmentation model
-            whose backbone is taken), or a ``.safetensors`` file: one of our model files
-            (e.g. made by ``d3net convert nnabla --backbone-only``) or a bare backbone
-            state dict (keys with or without the ``backbone.`` prefix).
-
-    Returns:
-        The state-dict keys that were loaded.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise D3NetError(f"pretrained backbone not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".h5":
-        import warnings
-
-        from ..convert import load_nnabla
-        with warnings.catch_warnings():  # "ignoring the head parameters" is what we want
-            warnings.simplefilter("ignore")
-            source = load_nnabla(path, model.config, task="seg", backbone_only=True)
-        state = source.state_dict()
-    elif suffix == ".safetensors":
-        from safetensors.torch import load_file
-        try:
-            state = load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types
-            raise D3NetError(f"{path}: not a readable safetensors file ({exc})") from None
-        if not any(k.startswith("backbone.") for k in state):
-            state = {f"backbone.{k}": v for k, v in state.items()}
-    else:
-        raise D3NetError(f"{path}: a pretrained backbone must be an official .h5 or a "
-                         ".safetensors file")
-    wanted = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
-    given = {k: v for k, v in state.items() if k.startswith("backbone.")}
-    missing = [k for k in wanted if k not in given and not k.endswith("num_batches_tracked")]
-    shapes = [f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}" for k, v in wanted.items()
-              if k in given and given[k].shape != v.shape]
-    if missing or shapes:
-        detail = (f"{len(missing)} missing (e.g. {', '.join(missing[:2])})" if missing
-                  else f"{len(shapes)} with other shapes (e.g. {shapes[0]})")
-        raise D3NetError(f"{path}: backbone does not fit {describe(model.config)}: {detail}")
-    loaded = {k: given[k] for k in wanted if k in given}
-    model.load_state_dict(loaded, strict=False)
-    return list(loaded)
-
-
 # ----------------------------------------------------------------------------------------
 # data
 # ----------------------------------------------------------------------------------------
@@ -381,7 +332,7 @@ def train_seg(root: Union[PathLike, torch.utils.data.Dataset], out: PathLike,
             new total. Without a checkpoint a new run starts. Without ``resume`` an
             existing checkpoint is an error.
         pretrained_backbone: ImageNet backbone weights for a new run (see
-            :func:`load_pretrained_backbone`).
+            :func:`d3net.models.load_backbone_weights`).
         val_data: a validation dataset or Cityscapes folder (its ``val`` split); default:
             ``root``'s val split when it has one.
         device: ``cpu``, ``cuda`` or ``None`` (CUDA when available).
@@ -451,7 +402,8 @@ def _train(root, val_data, paths: Dict[str, Path], config_source: Any, head: Opt
     if state is None:
         official_init_(model)
         if pretrained is not None:
-            count = len(load_pretrained_backbone(model, pretrained))
+            count = len(model_io.load_backbone_weights(
+                model, pretrained, progress=not quiet and dist.is_main))
             say(f"backbone initialised from {pretrained} ({count} tensors)")
     model.to(dist.device)
     model = loop.maybe_sync_batchnorm(model, sync_bn, dist)
@@ -592,5 +544,5 @@ def _validate(model: nn.Module, val_set, hp: SegHyperParams, dist: loop.Distribu
 
 
 __all__ = ["SegHyperParams", "SegTrainResult", "train_seg", "run_paths", "poly_lr",
-           "seg_loss", "official_init_", "load_pretrained_backbone", "AugmentedDataset",
+           "seg_loss", "official_init_", "AugmentedDataset",
            "REFERENCE_BATCH"]
