@@ -13,12 +13,14 @@ def register(subparsers) -> None:
     sub.required = True
     n = sub.add_parser(
         "nnabla", help="Sony's official NNabla .h5 files",
-        description="Convert an official .h5 file to one .safetensors model file, or the folder "
-                    "of the four official music models (vocals.h5, drums.h5, bass.h5, other.h5) "
-                    "to a separation model folder for 'd3net separate --model'.")
-    n.add_argument("src", help=".h5 file or folder of music .h5 files")
+        description="Convert an official .h5 file to one .safetensors model file, or the "
+                    "official music archive (d3net-mss.zip) or a folder of its four models "
+                    "(vocals.h5, drums.h5, bass.h5, other.h5) to a separation model folder. "
+                    "An output folder is what --model FOLDER reads: <target>.safetensors for "
+                    "music models, model.safetensors for a segmentation model.")
+    n.add_argument("src", help=".h5 file, d3net-mss.zip, or folder of music .h5 files")
     n.add_argument("-o", "--output", required=True,
-                   help="output .safetensors file (or folder, for a folder of music models)")
+                   help="output folder, or a .safetensors file for a single .h5")
     n.add_argument("--config", help="preset or YAML config (default: inferred from the file)")
     n.add_argument("--task", choices=["seg", "mss"], help="for official YAMLs that leave it open")
     n.add_argument("--backbone-only", action="store_true", default=None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from . import add_quiet
+from . import add_model_option, add_quiet, model_spec
 
 
 def register(subparsers) -> None:
@@ -35,10 +35,7 @@ def _register_mss(tasks) -> None:
                     "(resumable), files from other models or options are refused (or "
                     "recomputed with --overwrite).")
     p.add_argument("--root", required=True, metavar="DIR", help="dataset root")
-    p.add_argument("--model", metavar="M",
-                   help="separation model folder (<target>.safetensors files, e.g. a training "
-                        "run folder), one model file, or 'demo' for the small bundled model "
-                        "(default: $D3NET_MODEL)")
+    add_model_option(p, "mss")
     p.add_argument("--subset", choices=["test", "train"], default="test",
                    help="which subset to score (default: test)")
     p.add_argument("--out", metavar="DIR", help="folder for the per-track JSON (resumable)")
@@ -55,20 +52,6 @@ def _register_mss(tasks) -> None:
     p.set_defaults(func=run_mss)
 
 
-def _model_path(args: argparse.Namespace) -> str:
-    from ..errors import D3NetError
-
-    model = args.model or os.environ.get("D3NET_MODEL")
-    if not model:
-        raise D3NetError("no model given: pass --model FOLDER (a separation model folder, e.g. "
-                         "a 'd3net train mss' run folder or converted official weights) or "
-                         "set D3NET_MODEL")
-    if model == "demo":
-        from ..demo import bundled_model_dir  # the small model bundled with the package
-        return str(bundled_model_dir())
-    return model
-
-
 def run_mss(args: argparse.Namespace) -> int:
     from ..evaluate.mss import evaluate_mss
 
@@ -76,7 +59,7 @@ def run_mss(args: argparse.Namespace) -> int:
     if args.tracks:
         tracks = [name.strip() for name in args.tracks.split(",") if name.strip()]
     result = evaluate_mss(
-        args.root, _model_path(args), subset=args.subset, out_dir=args.out, scorer=args.scorer,
+        args.root, model_spec(args), subset=args.subset, out_dir=args.out, scorer=args.scorer,
         progress=not args.quiet, device=args.device, wiener_iterations=args.wiener_iterations,
         track_names=tracks, log=None if args.quiet else print, overwrite=args.overwrite)
     print(result.format())
@@ -97,9 +80,7 @@ def _register_seg(tasks) -> None:
                     "counts accumulated over the split as the official script does).")
     p.add_argument("--root", required=True, metavar="DIR",
                    help="Cityscapes folder (leftImg8bit/<split>, gtFine/<split>)")
-    p.add_argument("--model", metavar="M",
-                   help="model file (.safetensors, or an official .h5) or run folder holding "
-                        "model.safetensors (default: $D3NET_MODEL)")
+    add_model_option(p, "seg")
     p.add_argument("--split", default="val", help="split to score (default: val)")
     p.add_argument("--mode", choices=["whole", "slide"], default="whole",
                    help="whole-image or sliding-window inference (default: whole)")
@@ -126,11 +107,11 @@ def run_seg(args: argparse.Namespace) -> int:
     from ..errors import D3NetError
     from ..evaluate.seg import evaluate_seg
     from ..train.loop import resolve_device
-    from .segment import inference_options, model_argument
+    from .segment import inference_options
 
     if args.workers < 0:
         raise D3NetError(f"--workers must be >= 0, got {args.workers}")
-    matrix = evaluate_seg(args.root, model_argument(args), split=args.split,
+    matrix = evaluate_seg(args.root, model_spec(args), split=args.split,
                           device=resolve_device(args.device), limit=args.limit,
                           workers=args.workers, progress=not args.quiet,
                           **inference_options(args))

@@ -17,7 +17,8 @@ def register(subparsers) -> None:
                    help="onnx (needs pip install 'd3net[onnx]') or openvino (OpenVINO IR "
                         ".xml + .bin, needs pip install 'd3net[openvino]')")
     p.add_argument("model", metavar="MODEL",
-                   help="a music model file (.safetensors) or a separation model folder")
+                   help="a separation model: a weight name (official-mss, demo), a separation "
+                        "model folder, a music model file (.safetensors) or official .h5")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file (.onnx or .xml) for one model file, else a folder that "
                         "gets <target>.onnx or <target>.xml/.bin")

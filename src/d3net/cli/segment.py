@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from . import add_quiet
+from . import add_model_option, add_quiet, model_spec
 
-MODEL_HINT = ("no segmentation model given: pass --model FILE|FOLDER (or set D3NET_MODEL); "
-              "to use Sony's official weights, convert them first: "
-              "d3net convert nnabla D3Net-S.h5 -o d3net-s.safetensors")
+#: What ``d3net segment`` uses without ``--model`` or ``$D3NET_MODEL``.
+DEFAULT_MODEL = "official-d3net-s"
 
 
 def register(subparsers) -> None:
@@ -24,9 +22,7 @@ def register(subparsers) -> None:
                     "show them (EXIF orientation applied).")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
-    p.add_argument("--model", metavar="M",
-                   help="model file (.safetensors, or an official .h5) or run folder holding "
-                        "model.safetensors (default: $D3NET_MODEL)")
+    add_model_option(p, "seg", default=DEFAULT_MODEL)
     p.add_argument("--mode", choices=["whole", "slide"], default="whole",
                    help="whole-image or sliding-window inference (default: whole)")
     p.add_argument("--tta", action="store_true",
@@ -67,21 +63,6 @@ def inference_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def model_argument(args: argparse.Namespace) -> str:
-    """``--model``, else ``$D3NET_MODEL``, else a one-line error saying what to do."""
-    from ..errors import D3NetError
-
-    model = args.model or os.environ.get("D3NET_MODEL")
-    if not model:
-        raise D3NetError(MODEL_HINT)
-    if model == "demo":
-        raise D3NetError("there is no bundled segmentation demo model: convert Sony's "
-                         "official weights (d3net convert nnabla D3Net-S.h5 -o "
-                         "d3net-s.safetensors) or train one on synthetic scenes (d3net train "
-                         "seg) and pass --model")
-    return model
-
-
 def run(args: argparse.Namespace) -> int:
     from ..errors import D3NetError
     from ..segment import Segmenter, find_images, segment_files
@@ -90,13 +71,14 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.alpha <= 1.0:
         raise D3NetError(f"--alpha must be in [0, 1], got {args.alpha}")
-    model = model_argument(args)
     options = inference_options(args)
     # a missing input, colliding names or an unwritable -o fail before loading the model
     pairs = find_images(args.inputs)
     check_writable(*{Path(args.output, stem).parent for _, stem in pairs})
+    model = model_spec(args)
     device = resolve_device(args.device)
-    segmenter = Segmenter.from_file(model, device=device, **options)
+    segmenter = Segmenter.from_pretrained(model, device=device,
+                                          download_progress=not args.quiet, **options)
     count = 0
     for _ in segment_files(segmenter, args.inputs, args.output, progress=not args.quiet,
                            alpha=args.alpha):

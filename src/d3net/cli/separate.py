@@ -6,13 +6,12 @@ import os
 import sys
 from pathlib import Path
 
-from . import add_quiet
+from . import add_model_option, add_quiet, model_spec
 
 #: Every stem name separate can write (targets and the accompaniment).
 STEM_NAMES = ("vocals", "drums", "bass", "other", "accompaniment")
-NO_MODEL = ("no separation model given: pass --model DIR (a folder made by 'd3net convert "
-            "nnabla d3net-mss/ -o DIR' from Sony's official weights, or by 'd3net train mss'), "
-            "or --model demo for the small bundled model, or set D3NET_MODEL")
+#: What ``d3net separate`` uses without ``--model`` or ``$D3NET_MODEL``.
+DEFAULT_MODEL = "official-mss"
 
 
 def register(subparsers) -> None:
@@ -23,8 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files (wav, flac, ogg; "
                    "mp3, m4a, .stem.mp4 with ffmpeg installed)")
     p.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder")
-    p.add_argument("--model", default=os.environ.get("D3NET_MODEL"),
-                   help="separation model folder or file, or 'demo' (default: $D3NET_MODEL)")
+    add_model_option(p, "mss", default=DEFAULT_MODEL)
     p.add_argument("--targets", help="comma-separated subset of the model's targets")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if "
                    "available)")
@@ -88,19 +86,6 @@ def output_folders(inputs: list[Path], out_root: Path, fmt: str) -> dict[Path, P
     return folders
 
 
-def resolve_model(model: str | None) -> Path:
-    from ..errors import D3NetError
-    if not model:
-        raise D3NetError(NO_MODEL)
-    if model == "demo":
-        from ..demo import bundled_model_dir
-        return bundled_model_dir()
-    path = Path(model)
-    if not path.exists():
-        raise D3NetError(f"--model {model}: no such file or folder. " + NO_MODEL.split(": ", 1)[1])
-    return path
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
@@ -119,14 +104,15 @@ def run(args: argparse.Namespace) -> int:
     out_root = Path(args.out)
     folders = output_folders(inputs, out_root, args.format)
     check_writable(out_root, *folders.values())
-    model_path = resolve_model(args.model)
+    model = model_spec(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
-    separator = Separator.from_dir(
-        model_path, device=device, targets=targets, wiener_iterations=args.wiener_iterations,
+    separator = Separator.from_pretrained(
+        model, device=device, targets=targets, wiener_iterations=args.wiener_iterations,
         channel_flip=False if args.no_flip else None, compat=args.compat, batch_size=args.batch_size,
         precision=args.precision, progress=not args.quiet, backend=args.backend,
-        mode="fast" if args.fast else "default", overlap=args.overlap)
+        mode="fast" if args.fast else "default", overlap=args.overlap,
+        download_progress=not args.quiet)
 
     failures = []
     for path in tqdm(inputs, desc="songs", unit="song", disable=args.quiet or len(inputs) == 1):

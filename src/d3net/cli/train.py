@@ -190,8 +190,10 @@ def _register_seg(tasks) -> None:
     p.add_argument("--head", choices=["fcn", "ocr"],
                    help="decoder head (default: the config's, fcn); ocr = object-contextual "
                         "representations with an auxiliary loss")
-    p.add_argument("--pretrained-backbone", metavar="FILE",
-                   help="ImageNet backbone: official .h5 or a d3net .safetensors")
+    p.add_argument("--pretrained-backbone", metavar="M",
+                   help="ImageNet backbone: a weight name (official-d3net-s-backbone, "
+                        "official-d3net-l-backbone; fetched on first use), an official .h5 "
+                        "or a d3net .safetensors")
     hp = p.add_argument_group("recipe (defaults: the paper's values)")
     hp.add_argument("--iters", type=int, metavar="N", help="total iterations (80000)")
     hp.add_argument("--batch-size", type=int, metavar="N", help="images per step and process (8)")
