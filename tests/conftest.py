@@ -1,8 +1,19 @@
+import dataclasses
+import hashlib
+import http.server
 import os
+import shutil
+import threading
+import zipfile
 from pathlib import Path
 
+import h5py
 import pytest
 import torch
+
+from d3net.configs import TARGETS
+from d3net.convert import read_nnabla_h5
+from d3net.models import weights as registry
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -22,6 +33,20 @@ def d3net_home(tmp_path_factory):
         os.environ.pop("D3NET_HOME", None)
     else:
         os.environ["D3NET_HOME"] = previous
+
+
+#: An address where nothing listens: a test that forgets --model fails at once, offline.
+UNREACHABLE_MIRROR = "http://127.0.0.1:9"
+
+
+@pytest.fixture(autouse=True)
+def no_downloads(monkeypatch, d3net_home):
+    """Every test starts with no fetched weights and a weights mirror that refuses
+    connections, so the suite never downloads (named weights fail fast, with the
+    manual-route message), and a D3NET_MODEL set in the developer's shell changes nothing."""
+    shutil.rmtree(d3net_home / "weights", ignore_errors=True)
+    monkeypatch.setenv("D3NET_WEIGHTS_MIRROR", UNREACHABLE_MIRROR)
+    monkeypatch.delenv("D3NET_MODEL", raising=False)
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +72,104 @@ TINY_MSS = {
     "final_growth_rate": 4, "final_num_layers": 2,
     "patch_length": 16, "test_patch_len": 16, "out_shift": 8,
 }
+
+
+# ----------------------------------------------------------------------------- weights server
+# Official weight files built from the fixtures, served from 127.0.0.1 (test_weights.py,
+# test_cli_model.py): nothing in the suite reaches beyond this machine.
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves ``server.files`` (URL path -> file); ``server.mode == "truncated"`` announces
+    the full length but sends half and closes; ``server.gate`` holds responses back."""
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        server = self.server
+        server.requests.append(self.path)
+        path = server.files.get(self.path)
+        if path is None:
+            self.send_error(404)
+            return
+        if server.gate is not None:
+            server.gate.wait(timeout=60)
+        body = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if server.mode == "truncated":
+            body = body[: len(body) // 2]
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+class WeightsServer:
+    def __init__(self, files):
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.files, self.httpd.requests = files, []
+        self.httpd.mode, self.httpd.gate = "normal", None
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    requests = property(lambda self: self.httpd.requests)
+
+    def set(self, mode="normal", gate=None):
+        self.httpd.mode, self.httpd.gate = mode, gate
+
+    def stop(self):
+        if self.thread.is_alive():
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.thread.join()
+
+
+def same_weights(a, b) -> bool:
+    """Whether two modules hold equal state dicts (same keys, bit-equal tensors)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def write_backbone_h5(full_h5, path):
+    """An ImageNet-style backbone file: only the ``backbone/`` parameters of ``full_h5``."""
+    params = read_nnabla_h5(full_h5)
+    with h5py.File(path, "w") as f:
+        index = 0
+        for name, value in params.items():
+            if name.startswith("backbone/"):
+                f.create_dataset(name, data=value).attrs["index"] = index
+                index += 1
+    return path
+
+
+@pytest.fixture(scope="session")
+def served(official, tmp_path_factory):
+    """URL path (under the official prefix) -> file, built from the official fixtures."""
+    root = tmp_path_factory.mktemp("served")
+    archive = root / "d3net-mss.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        for target in TARGETS:
+            z.write(official / "mss" / f"{target}.h5", f"{target}.h5")
+    backbone = write_backbone_h5(official / "seg" / "d3net_s.h5", root / "backbone.h5")
+    return {"/mss/d3net-mss.zip": archive,
+            "/semantic-segmentation/D3Net-S.h5": official / "seg" / "d3net_s.h5",
+            "/semantic-segmentation/D3Net-S-pretrained-backbone.h5": backbone}
+
+
+@pytest.fixture
+def server(served, monkeypatch):
+    """The server, with the mirror pointing at it and official-mss's published SHA-1 set
+    to the served zip's."""
+    sha1 = hashlib.sha1(served["/mss/d3net-mss.zip"].read_bytes()).hexdigest()
+    monkeypatch.setitem(registry.WEIGHTS, "official-mss",
+                        dataclasses.replace(registry.WEIGHTS["official-mss"], sha1=sha1))
+    srv = WeightsServer(served)
+    monkeypatch.setenv("D3NET_WEIGHTS_MIRROR", srv.url)
+    yield srv
+    srv.stop()

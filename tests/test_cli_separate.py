@@ -115,7 +115,6 @@ def test_missing_input_fails_before_any_work(model_dir, tmp_path, capsys):
 
 def test_model_option_errors(model_dir, tmp_path, capsys, monkeypatch):
     song = write(tmp_path / "song.wav", tone(0.2, 44100, 2), 44100)
-    monkeypatch.delenv("D3NET_MODEL", raising=False)
     not_a_model = tmp_path / "vocals.safetensors"
     not_a_model.write_text("garbage")
     seg_model = tmp_path / "seg.safetensors"
@@ -125,8 +124,9 @@ def test_model_option_errors(model_dir, tmp_path, capsys, monkeypatch):
                                "out_layers": [1, 1, 1, 1], "compression": [0.5] * 4,
                                "head_channels": 8}),
                 seg_model)
-    cases = [((), "no separation model given"),
-             (("--model", tmp_path / "nowhere"), "nowhere: no such file or folder"),
+    cases = [((), "cannot fetch official-mss from http://127.0.0.1:9/mss/d3net-mss.zip"),
+             ((), "d3net convert nnabla d3net-mss.zip -o DIR"),
+             (("--model", tmp_path / "nowhere"), "model not found: " + str(tmp_path / "nowhere")),
              (("--model", tmp_path), "vocals.safetensors"),
              (("--model", seg_model), "not a music separation model"),
              (("--model", model_dir, "--targets", "piano"), "no model for target(s) piano")]
@@ -226,7 +226,7 @@ def test_an_unwritable_output_is_reported_before_separating(model_dir, tmp_path,
     out = {"read-only folder": read_only / "out", "under a file": blocker / "out",
            "/proc": "/proc/d3net-out"}[where]
     calls = []
-    monkeypatch.setattr(separate_module.Separator, "from_dir",
+    monkeypatch.setattr(separate_module.Separator, "from_pretrained",
                         classmethod(lambda cls, *a, **k: calls.append(a)))
     song = write(tmp_path / "song.wav", tone(0.2, 44100, 2), 44100)
     assert separate(song, song, "-o", out, "--model", model_dir) == 2

@@ -160,3 +160,33 @@ def test_cli_bad_inputs_write_nothing(official, tmp_path):
         assert "Traceback" not in result.stderr
         assert not out.exists()
         assert not list(tmp_path.glob(".out.safetensors*"))
+
+
+def test_official_zip_and_folder_outputs_make_model_folders(official, tmp_path, capsys):
+    """The manual route of a failed download: 'd3net convert nnabla FILE -o DIR', then
+    '--model DIR', for the music archive and a single segmentation file alike."""
+    import zipfile
+
+    from d3net.cli import main
+
+    archive = tmp_path / "d3net-mss.zip"
+    with zipfile.ZipFile(archive, "w") as z:  # members inside a folder are found too
+        z.write(official / "mss" / "bass.h5", "d3net-mss/bass.h5")
+        z.writestr("d3net-mss/README.txt", "not a model")
+    assert main(["convert", "nnabla", str(archive), "-o", str(tmp_path / "mss"), "-q"]) == 0
+    assert sorted(p.name for p in (tmp_path / "mss").iterdir()) == ["bass.safetensors"]
+    assert list(models.load_separation(tmp_path / "mss")) == ["bass"]
+
+    assert main(["convert", "nnabla", str(official / "seg" / "tiny.h5"), "-o",
+                 str(tmp_path / "seg"), "--config", str(official / "seg" / "tiny.yaml"),
+                 "--task", "seg", "-q"]) == 0
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["model.safetensors"]
+    assert models.load(tmp_path / "seg", task="seg").config.task == "seg"
+    assert "backbone_only" not in models.read_metadata(tmp_path / "seg" / "model.safetensors")
+
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(archive.read_bytes()[:5000])
+    assert main(["convert", "nnabla", str(truncated), "-o", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a complete zip archive" in err
+    assert not (tmp_path / "bad").exists()

@@ -144,9 +144,8 @@ def test_cli_prints_the_table(data, model_dir, tmp_path, capsys, monkeypatch):
     assert "| Metric (dB)" in printed and "Vocals" in printed and "scorer: own" in printed
     assert "over 1 track;" in printed and (tmp_path / "s" / "test" / f"{name}.json").is_file()
 
-    monkeypatch.delenv("D3NET_MODEL", raising=False)
     args = parser.parse_args(["evaluate", "mss", "--root", str(data), "--scorer", "own"])
-    with pytest.raises(D3NetError, match="no model given"):
+    with pytest.raises(D3NetError, match="no music separation model given"):
         args.func(args)
     args = parser.parse_args(["evaluate", "mss", "--root", str(data), "--model",
                               str(tmp_path / "nothing"), "--scorer", "own", "-q"])

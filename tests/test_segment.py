@@ -9,8 +9,7 @@ from d3net import cli
 from d3net.configs import SegConfig
 from d3net.errors import D3NetError
 from d3net.models import D3NetSegmentation, save
-from d3net.segment import (TTA_SCALES, Segmenter, find_images, parse_scales, parse_size,
-                           resolve_model_path)
+from d3net.segment import TTA_SCALES, Segmenter, find_images, parse_scales, parse_size
 
 TINY = dict(name="test-tiny", num_init_features=8, num_layers=(2, 2, 2, 2),
             num_blocks=(1, 1, 1, 1), growth_rate=(6, 6, 6, 6), compression=(1.0,) * 4,
@@ -235,8 +234,8 @@ def test_from_file_accepts_file_and_run_folder(model, tmp_path):
     for where in (tmp_path / "run", tmp_path / "run" / "model.safetensors"):
         torch.testing.assert_close(Segmenter.from_file(where).predict_proba(image), expected)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(D3NetError, match="model.safetensors"):
-        resolve_model_path(tmp_path / "empty")
+    with pytest.raises(D3NetError, match="no segmentation model found.*model.safetensors"):
+        Segmenter.from_pretrained(tmp_path / "empty")
     with pytest.raises(D3NetError, match="not found"):
         Segmenter.from_file(tmp_path / "nope.safetensors")
 
@@ -255,7 +254,6 @@ def run_cli(monkeypatch):
     """``d3net.cli.main`` with the segment command registered."""
     if "segment" not in cli.COMMAND_MODULES:
         monkeypatch.setattr(cli, "COMMAND_MODULES", cli.COMMAND_MODULES + ["segment"])
-    monkeypatch.delenv("D3NET_MODEL", raising=False)
     return cli.main
 
 
@@ -274,12 +272,16 @@ def test_cli_segments_files_and_folders(model, tmp_path, run_cli, capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_cli_without_model_says_how_to_convert(tmp_path, run_cli, capsys):
+def test_cli_without_model_fetches_official_weights(tmp_path, run_cli, capsys):
+    # the test mirror refuses connections: one line naming the URL and the manual route
     Image.fromarray(rgb_array(8, 8)).save(tmp_path / "a.png")
-    assert run_cli(["segment", str(tmp_path / "a.png"), "-o", str(tmp_path / "out")]) == 2
+    assert run_cli(["segment", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"),
+                    "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "d3net convert nnabla D3Net-S.h5 -o d3net-s.safetensors" in err
+    assert "cannot fetch official-d3net-s from http://127.0.0.1:9/semantic-segmentation/" \
+           "D3Net-S.h5" in err
+    assert "d3net convert nnabla D3Net-S.h5 -o DIR" in err and "--model DIR" in err
 
 
 @pytest.mark.parametrize("case", ["missing", "not-an-image", "bad-mode", "tta+scales"])

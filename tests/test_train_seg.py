@@ -17,7 +17,7 @@ from d3net.errors import D3NetError
 from d3net.evaluate.seg import evaluate_seg
 from d3net.segment import Segmenter
 from d3net.train import seg as train_seg_module
-from d3net.train.seg import (load_pretrained_backbone, poly_lr, seg_loss, train_seg)
+from d3net.train.seg import poly_lr, seg_loss, train_seg
 
 TINY = dict(task="seg", name="test-tiny", num_init_features=8, num_layers=[2, 2, 2, 2],
             num_blocks=[1, 1, 1, 1], growth_rate=[6, 6, 6, 6], compression=[1.0] * 4,
@@ -80,40 +80,6 @@ def test_loss_ignores_label_255_and_adds_the_auxiliary_loss():
         float(seg_loss(logits, labels) + 0.4 * seg_loss(aux, labels)), rel=1e-6)
     everything_ignored = torch.full((2, 4, 5), 255)
     assert float(seg_loss(logits, everything_ignored)) == 0.0
-
-
-def test_pretrained_backbone_from_safetensors(tmp_path, tiny_yaml):
-    source = model_io.create(tiny_yaml)
-    model_io.save(source, tmp_path / "backbone.safetensors")
-    model = model_io.create(tiny_yaml)
-    head_before = weights(model.head)
-    loaded = load_pretrained_backbone(model, tmp_path / "backbone.safetensors")
-    assert loaded and all(k.startswith("backbone.") for k in loaded)
-    for key, value in source.backbone.state_dict().items():
-        assert torch.equal(model.backbone.state_dict()[key], value)
-    for key, value in head_before.items():
-        assert torch.equal(model.head.state_dict()[key], value)  # the head is left alone
-
-    other = model_io.d3net_s()
-    with pytest.raises(D3NetError, match="does not fit"):
-        load_pretrained_backbone(other, tmp_path / "backbone.safetensors")
-    (tmp_path / "x.pt").write_bytes(b"")
-    with pytest.raises(D3NetError):
-        load_pretrained_backbone(model, tmp_path / "x.pt")
-
-
-def test_pretrained_backbone_from_official_h5(official):
-    from d3net.configs import load_config
-    from d3net.convert import load_nnabla
-
-    config = load_config(official / "seg" / "tiny.yaml", task="seg")
-    config.head = "ocr"  # the backbone goes under any head
-    model = model_io.create(config)
-    load_pretrained_backbone(model, official / "seg" / "tiny.h5")
-    reference = load_nnabla(official / "seg" / "tiny.h5", official / "seg" / "tiny.yaml",
-                            task="seg")
-    for key, value in reference.backbone.state_dict().items():
-        assert torch.equal(model.backbone.state_dict()[key], value)
 
 
 # ----------------------------------------------------------------------------- runs
