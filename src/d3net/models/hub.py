@@ -29,12 +29,13 @@ import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple, Union
+from typing import Iterator, Optional, Tuple, Union
 from urllib.error import HTTPError, URLError
 
 import filelock
 import torch.hub
 
+from .. import __version__
 from ..convert import load_nnabla, unpack_official_zip
 from ..errors import D3NetError
 from ..utils import cache_home
@@ -175,7 +176,7 @@ def _fetch_locked(weights: Weights, root: Path, progress: bool) -> None:
             "verified_by": ("published SHA-1 and strict conversion" if weights.sha1
                             else "strict conversion (no published hash)"),
             "fetched": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "d3net_version": _version(),
+            "d3net_version": __version__,
             "files": {m.output: {"config": m.config, "from": m.source or weights.filename}
                       for m in weights.members},
         }
@@ -265,18 +266,3 @@ def _say(enabled: bool, message: str) -> None:
     if enabled:
         print(message, file=sys.stderr, flush=True)
 
-
-def _version() -> str:
-    from .. import __version__
-    return __version__
-
-
-def cached_sizes() -> Dict[str, int]:
-    """Bytes on disk of every fetched weight set, by name."""
-    sizes = {}
-    root = weights_dir()
-    if root.is_dir():
-        for path in root.iterdir():
-            if path.is_dir() and not path.name.startswith("."):
-                sizes[path.name] = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-    return sizes
