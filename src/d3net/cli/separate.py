@@ -102,13 +102,12 @@ def resolve_model(model: str | None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
     from ..audio import io
     from ..errors import D3NetError
     from ..separate import Separator
-    from ..utils import check_writable
+    from ..utils import check_writable, resolve_device
 
     if args.format == "flac" and args.bits == 32:
         raise D3NetError("FLAC supports 16 or 24 bits only (use --format wav for 32-bit float)")
@@ -120,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     folders = output_folders(inputs, out_root, args.format)
     check_writable(out_root, *folders.values())
     model_path = resolve_model(args.model)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
     separator = Separator.from_dir(
         model_path, device=device, targets=targets, wiener_iterations=args.wiener_iterations,

@@ -24,7 +24,7 @@ import torch
 
 from ..data import musdb
 from ..errors import D3NetError
-from ..utils import PathLike, check_unique_outputs, check_writable
+from ..utils import PathLike, check_unique_outputs, check_writable, resolve_device
 from . import sdr
 
 #: The Separator settings that change the estimates, recorded with every result.
@@ -151,7 +151,6 @@ def evaluate_mss(root: PathLike, model_dir: PathLike, subset: str = "test",
     from tqdm.auto import tqdm
 
     from ..separate import Separator
-    from ..train.loop import resolve_device
 
     say = log or (lambda message: None)
     if not Path(model_dir).exists():

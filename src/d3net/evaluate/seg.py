@@ -17,10 +17,8 @@ from torch import nn
 
 from ..errors import D3NetError
 from ..segment import Segmenter, load_segmentation_model
+from ..utils import PathLike, resolve_device, unwrap
 from .miou import ConfusionMatrix
-
-PathLike = Union[str, os.PathLike]
-
 
 def evaluate_seg(root: Union[PathLike, torch.utils.data.Dataset],
                  model: Union[nn.Module, Segmenter, PathLike], split: str = "val",
@@ -92,14 +90,11 @@ def _segmenter(model, device, **options) -> tuple:
             model.to(device)
         return model, model.model, model.model.training
     if isinstance(model, (str, os.PathLike)):
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = load_segmentation_model(model, device)
+        model = load_segmentation_model(model, resolve_device(device))
     if not isinstance(model, nn.Module):
         raise D3NetError(f"expected a segmentation model, a Segmenter or a model path, got "
                          f"{type(model).__name__}")
-    if hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module  # DistributedDataParallel: evaluate the plain network
+    model = unwrap(model)  # DistributedDataParallel: evaluate the plain network
     was_training = model.training
     return Segmenter(model, device=device, **options), model, was_training
 
