@@ -17,6 +17,7 @@ from d3net.errors import D3NetError
 from d3net.evaluate.seg import evaluate_seg
 from d3net.segment import Segmenter
 from d3net.train import seg as train_seg_module
+from d3net.train.precision import has_native_bfloat16
 from d3net.train.seg import (load_pretrained_backbone, poly_lr, seg_loss, train_seg)
 
 TINY = dict(task="seg", name="test-tiny", num_init_features=8, num_layers=[2, 2, 2, 2],
@@ -231,6 +232,41 @@ def test_interrupted_run_resumes_exactly(scenes, tiny_yaml, tmp_path, monkeypatc
     monkeypatch.setattr(train_seg_module, "seg_loss", original)
     resumed = train_seg(scenes, tmp_path / "b", resume=True, iters=6, progress=False, **FAST)
 
+    assert resumed.train_loss == straight.train_loss
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
+def test_mixed_precision_channels_last_run_resumes_exactly(scenes, tiny_yaml, tmp_path,
+                                                           monkeypatch, capsys):
+    """--amp (bfloat16 where this CPU has it natively) and the channels-last layout: an
+    interrupted run still resumes on the very same numbers."""
+    amp = has_native_bfloat16("cpu")
+    options = dict(FAST, amp=amp, channels_last=True)
+    straight = train_seg(scenes, tmp_path / "a", tiny_yaml, iters=4, progress=False,
+                         **options)
+    opening = capsys.readouterr().out
+    assert "channels-last" in opening
+    assert ("bfloat16 autocast" in opening) == amp and ("float32" in opening) != amp
+    assert all(p.is_contiguous(memory_format=torch.channels_last)
+               for p in straight.model.parameters() if p.dim() == 4)
+
+    calls = {"n": 0}
+    original = train_seg_module.seg_loss
+
+    def crash_on_fourth(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_seg_module, "seg_loss", crash_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        train_seg(scenes, tmp_path / "b", tiny_yaml, iters=4, progress=False, quiet=True,
+                  **options)
+    monkeypatch.setattr(train_seg_module, "seg_loss", original)
+    resumed = train_seg(scenes, tmp_path / "b", resume=True, iters=4, progress=False,
+                        quiet=True)
     assert resumed.train_loss == straight.train_loss
     for key, value in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], value), key
