@@ -237,39 +237,45 @@ def test_interrupted_run_resumes_exactly(scenes, tiny_yaml, tmp_path, monkeypatc
         assert torch.equal(resumed.model.state_dict()[key], value), key
 
 
-def test_mixed_precision_channels_last_run_resumes_exactly(scenes, tiny_yaml, tmp_path,
-                                                           monkeypatch, capsys):
-    """--amp (bfloat16 where this CPU has it natively) and the channels-last layout: an
-    interrupted run still resumes on the very same numbers."""
+def test_mixed_precision_run_resumes_exactly_across_validation(scenes, tiny_yaml, tmp_path,
+                                                                monkeypatch, capsys):
+    """--amp (bfloat16 where this CPU has it natively) with a validation before the
+    checkpoint: an interrupted run resumes on the very same numbers (validation's inference
+    must leave the training layout as it was)."""
     amp = has_native_bfloat16("cpu")
-    options = dict(FAST, amp=amp, channels_last=True)
+    options = dict(FAST, amp=amp, val_interval=2)
     straight = train_seg(scenes, tmp_path / "a", tiny_yaml, iters=4, progress=False,
                          **options)
     opening = capsys.readouterr().out
-    assert "channels-last" in opening
     assert ("bfloat16 autocast" in opening) == amp and ("float32" in opening) != amp
-    assert all(p.is_contiguous(memory_format=torch.channels_last)
-               for p in straight.model.parameters() if p.dim() == 4)
+    assert [it for it, _ in straight.val_miou] == [2, 4]
 
-    calls = {"n": 0}
-    original = train_seg_module.seg_loss
-
-    def crash_on_fourth(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(train_seg_module, "seg_loss", crash_on_fourth)
-    with pytest.raises(KeyboardInterrupt):
-        train_seg(scenes, tmp_path / "b", tiny_yaml, iters=4, progress=False, quiet=True,
-                  **options)
-    monkeypatch.setattr(train_seg_module, "seg_loss", original)
+    with monkeypatch.context() as patch:  # killed in the 4th step, after a checkpoint at 2
+        losses = iter([train_seg_module.seg_loss] * 3)
+        patch.setattr(train_seg_module, "seg_loss",
+                      lambda *a, **k: next(losses, _interrupt)(*a, **k))
+        with pytest.raises(KeyboardInterrupt):
+            train_seg(scenes, tmp_path / "b", tiny_yaml, iters=4, progress=False, quiet=True,
+                      **options)
     resumed = train_seg(scenes, tmp_path / "b", resume=True, iters=4, progress=False,
                         quiet=True)
     assert resumed.train_loss == straight.train_loss
+    assert resumed.val_miou == straight.val_miou
     for key, value in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
+def test_channels_last_with_cpu_bfloat16_is_refused(scenes, tiny_yaml, tmp_path):
+    if not has_native_bfloat16("cpu"):
+        pytest.skip("this CPU has no native bfloat16 (--amp trains in float32 here)")
+    with pytest.raises(D3NetError, match="channels-last with bfloat16"):
+        train_seg(scenes, tmp_path / "r", tiny_yaml, iters=1, amp=True, channels_last=True,
+                  progress=False, quiet=True, **FAST)
+    assert not (tmp_path / "r" / "train.ckpt").exists()
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
 
 
 def test_ocr_head_trains_with_its_auxiliary_loss(scenes, tiny_yaml, tmp_path, monkeypatch):

@@ -124,7 +124,7 @@ def add_hparam_options(parser: argparse.ArgumentParser, hparams: Type[HyperParam
     types = typing.get_type_hints(hparams)
     for field in _fields(hparams):
         meta = field.metadata
-        help_text = f"{meta['help']} (default: {shown_default(field)})"
+        help_text = f"{meta['help']} (default: {shown_default(field)})".replace("%", "%%")
         kwargs: Dict[str, Any] = {"dest": field.name, "default": None, "help": help_text}
         kind = _without_none(types[field.name])
         if kind is bool:

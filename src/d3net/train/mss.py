@@ -372,9 +372,6 @@ class MSSTrainer(Trainer):
         return validation_loss(model, self.valid_tracks, self.target, self.config, self.hp,
                                self.dist, self.amp, self.progress)
 
-    def channels_last_default(self, device: torch.device) -> bool:
-        return False
-
     def describe(self, lr_scale: float) -> str:
         milestones = ",".join(str(m) for m in self.hp.lr_milestones) or "never"
         return (f"{len(self.train_tracks)} training / {len(self.valid_tracks)} validation "

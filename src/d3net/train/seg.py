@@ -347,9 +347,6 @@ class SegTrainer(Trainer):
     def intervals(self, steps_per_epoch: int) -> Tuple[int, int]:
         return self.hp.val_interval, self.hp.checkpoint_interval
 
-    def channels_last_default(self, device: torch.device) -> bool:
-        return False
-
     def describe(self, lr_scale: float) -> str:
         validation = len(self.val_set) if self.val_set is not None else 0
         return (f"{self.train_size} training / {validation} validation images, crop "

@@ -338,10 +338,6 @@ class Trainer:
         also happen at the end of the run."""
         return steps_per_epoch, steps_per_epoch
 
-    def channels_last_default(self, device: torch.device) -> bool:
-        """The memory layout used when ``channels_last`` is not set."""
-        return False
-
     def describe(self, lr_scale: float) -> str:
         """The data, optimiser and schedule in the opening line."""
         raise NotImplementedError
@@ -464,19 +460,24 @@ class Trainer:
         optimiser, its scheduler and the learning-rate scale; sets ``amp`` and
         ``channels_last``."""
         hp, dist = self.hp, self.dist
-        self.channels_last = (self.channels_last_default(dist.device)
-                              if hp.channels_last is None else hp.channels_last)
+        self.amp = MixedPrecision(hp.amp, dist.device)
+        self.channels_last = bool(hp.channels_last)
+        if self.channels_last and self.amp.dtype == torch.bfloat16 and dist.device.type == "cpu":
+            raise D3NetError("--channels-last with bfloat16 --amp on a CPU: oneDNN's "
+                             "convolution backward crashes on it for some layer widths "
+                             "(torch 2.13); use one of the two")
         model = model_io.create(self.config)
         if new_run:
             self.initialise(model)
-        model.to(dist.device, memory_format=torch.channels_last if self.channels_last
-                 else torch.contiguous_format)
+        model.to(dist.device, memory_format=self._layout())
         model = maybe_sync_batchnorm(model, self.sync_bn, dist)
         lr_scale = (dist.world_size * hp.batch_size / self.reference_batch if hp.lr_scaling
                     else 1.0)
         optimizer, scheduler = self.optimizer(model, lr_scale)
-        self.amp = MixedPrecision(hp.amp, dist.device)
         return model, optimizer, scheduler, lr_scale
+
+    def _layout(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def _loop(self, run: TrainingRun, train_model: nn.Module, train_set: Any,
               optimizer: torch.optim.Optimizer, scheduler: Any, total: int) -> None:
@@ -521,6 +522,9 @@ class Trainer:
                 if validate:
                     dist.broadcast_buffers(run.model)
                     score = self.validate(run.model)
+                    # inference (Segmenter) may have changed the layout: put the run's back,
+                    # so that a run resumed from this checkpoint continues the same numbers
+                    run.model.to(memory_format=self._layout())
                     train_model.train()
                     run.history[self.metric.name].append((run.iteration, score))
                     improved = self.metric.improves(score, run.best)
