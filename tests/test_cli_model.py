@@ -16,7 +16,7 @@ from d3net.configs import TARGETS
 from d3net.data import musdb
 from d3net.data.synth_music import generate_dataset as generate_songs
 from d3net.data.synth_scenes import generate_dataset as generate_scenes
-from d3net.train.mss import official_init_
+from d3net.train.init import glorot_init_
 
 from test_loading import TINY_SEG
 
@@ -57,7 +57,7 @@ def inputs(tmp_path_factory):
     mean, scale = musdb.compute_input_stats(musdb.list_tracks(songs, "train"), progress=False)
     torch.manual_seed(0)
     for target in TARGETS:
-        model = official_init_(models.create(dict(TINY_MSS, target=target)))
+        model = glorot_init_(models.create(dict(TINY_MSS, target=target)), conv="normal")
         model.set_input_stats(mean, scale)
         models.save(model, root / "mss" / f"{target}.safetensors")
     seg = models.create(dict(TINY_SEG, num_classes=19))

@@ -17,7 +17,7 @@ from d3net.errors import D3NetError
 from d3net.evaluate import mss as evaluate_module
 from d3net.evaluate import sdr
 from d3net.evaluate.mss import evaluate_mss, resolve_scorer
-from d3net.train.mss import official_init_
+from d3net.train.mss import xavier_init_
 
 from conftest import TINY_MSS as TINY
 
@@ -36,7 +36,7 @@ def model_dir(data, tmp_path_factory):
     mean, scale = musdb.compute_input_stats(musdb.list_tracks(data, "train"), progress=False)
     torch.manual_seed(0)
     for target in ("vocals", "drums"):
-        model = official_init_(models.create(dict(TINY, target=target)))
+        model = xavier_init_(models.create(dict(TINY, target=target)))
         model.set_input_stats(mean, scale)
         models.save(model, folder / f"{target}.safetensors")
     return folder

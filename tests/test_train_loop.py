@@ -10,7 +10,13 @@ import torch
 from torch import nn
 
 from d3net.errors import D3NetError
-from d3net.train import loop
+from d3net import utils
+from d3net.train import precision, solver
+from d3net.train.distributed import (Distributed, init_distributed, maybe_sync_batchnorm,
+                                    rng_state, seed_everything, set_rng_state,
+                                    shutdown_distributed, wrap_ddp)
+from d3net.train.checkpoint import (CHECKPOINT_FORMAT, checkpoint_state, load_checkpoint,
+                                   restore_checkpoint, save_checkpoint)
 
 
 def _model() -> nn.Module:
@@ -42,53 +48,54 @@ def _steps(model, optimizer, scheduler, amp, count: int) -> list[float]:
 def test_single_process_context(monkeypatch):
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
-    dist = loop.init_distributed("cpu")
+    dist = init_distributed("cpu")
     assert (dist.rank, dist.world_size, dist.is_main, dist.enabled) == (0, 1, True, False)
     assert dist.device == torch.device("cpu") and not dist.owns_group
     assert dist.mean(torch.tensor(3.0)) == 3.0
     assert dist.gather_object({"a": 1}) == [{"a": 1}]
     dist.barrier()
-    loop.shutdown_distributed(dist)  # nothing to tear down
+    shutdown_distributed(dist)  # nothing to tear down
 
 
 def test_bad_device_is_a_clear_error():
     with pytest.raises(D3NetError, match="invalid device"):
-        loop.resolve_device("gpu7")
+        utils.resolve_device("gpu7")
     if not torch.cuda.is_available():
         with pytest.raises(D3NetError, match="CUDA is not available"):
-            loop.resolve_device("cuda")
+            utils.resolve_device("cuda")
 
 
 def test_sync_batchnorm_policy():
-    cpu = loop.Distributed(device=torch.device("cpu"))
-    cpu_ddp = loop.Distributed(rank=0, world_size=2, device=torch.device("cpu"), backend="gloo")
+    cpu = Distributed(device=torch.device("cpu"))
+    cpu_ddp = Distributed(rank=0, world_size=2, device=torch.device("cpu"), backend="gloo")
     model = _model()
     # auto: plain BN on CPU, even under DDP; off: always plain
     for dist, mode in ((cpu, "auto"), (cpu_ddp, "auto"), (cpu_ddp, "off")):
-        out = loop.maybe_sync_batchnorm(model, mode, dist)
+        out = maybe_sync_batchnorm(model, mode, dist)
         assert not any(isinstance(m, nn.SyncBatchNorm) for m in out.modules())
     with pytest.raises(D3NetError, match="SyncBatchNorm.*CPU"):
-        loop.maybe_sync_batchnorm(model, "on", cpu_ddp)
+        maybe_sync_batchnorm(model, "on", cpu_ddp)
     with pytest.raises(D3NetError, match="--sync-bn"):
-        loop.maybe_sync_batchnorm(model, "always", cpu)
-    gpu_ddp = loop.Distributed(rank=0, world_size=2, device=torch.device("cuda", 0),
-                               backend="nccl")
-    out = loop.maybe_sync_batchnorm(_model(), "auto", gpu_ddp)  # conversion needs no GPU
+        maybe_sync_batchnorm(model, "always", cpu)
+    gpu_ddp = Distributed(rank=0, world_size=2, device=torch.device("cuda", 0),
+                          backend="nccl")
+    out = maybe_sync_batchnorm(_model(), "auto", gpu_ddp)  # conversion needs no GPU
     assert any(isinstance(m, nn.SyncBatchNorm) for m in out.modules())
 
 
 def test_checkpoint_resume_is_exact(tmp_path):
-    dist = loop.Distributed()
-    amp = loop.MixedPrecision(True, torch.device("cpu"))
-    assert not amp.enabled and amp.state_dict() is None  # CPU: float32, no scaler
+    dist = Distributed()
+    amp = precision.MixedPrecision(True, torch.device("cpu"))
+    # CPU: bfloat16 autocast where the CPU computes it natively, else float32; no scaler
+    assert amp.enabled == precision.has_native_bfloat16("cpu") and amp.state_dict() is None
 
-    loop.seed_everything(7)
+    seed_everything(7)
     model, optimizer, scheduler = _setup()
     _steps(model, optimizer, scheduler, amp, 3)
-    state = loop.checkpoint_state(model, optimizer, scheduler, amp, dist, epoch=1, iteration=3,
-                                  best_metric=0.5, config={"name": "x"}, hparams={"lr": 1e-2},
-                                  extra={"history": [1.0]})
-    path = loop.save_checkpoint(tmp_path / "run.ckpt", state, dist)
+    state = checkpoint_state(model, optimizer, scheduler, amp, dist, epoch=1, iteration=3,
+                             best_metric=0.5, config={"name": "x"}, hparams={"lr": 1e-2},
+                             extra={"history": [1.0]})
+    path = save_checkpoint(tmp_path / "run.ckpt", state, dist)
     assert path.is_file()
     assert not [p for p in tmp_path.iterdir() if p.name != "run.ckpt"]  # no temp files left
     expected_losses = _steps(model, optimizer, scheduler, amp, 3)
@@ -96,11 +103,11 @@ def test_checkpoint_resume_is_exact(tmp_path):
 
     torch.manual_seed(1234)  # scramble the RNG: the checkpoint must restore it
     fresh, fresh_optimizer, fresh_scheduler = _setup(seed=99)
-    loaded = loop.load_checkpoint(path)
+    loaded = load_checkpoint(path)
     assert (loaded["epoch"], loaded["iteration"], loaded["best_metric"]) == (1, 3, 0.5)
     assert loaded["config"] == {"name": "x"} and loaded["hparams"] == {"lr": 1e-2}
     assert loaded["extra"] == {"history": [1.0]}
-    loop.restore_checkpoint(loaded, fresh, fresh_optimizer, fresh_scheduler, amp, dist)
+    restore_checkpoint(loaded, fresh, fresh_optimizer, fresh_scheduler, amp, dist)
     assert fresh_scheduler.last_epoch == 3
     assert _steps(fresh, fresh_optimizer, fresh_scheduler, amp, 3) == expected_losses
     for key, value in fresh.state_dict().items():
@@ -109,60 +116,60 @@ def test_checkpoint_resume_is_exact(tmp_path):
 
 def test_only_rank_zero_writes_checkpoints(tmp_path):
     model, optimizer, scheduler = _setup()
-    other = loop.Distributed(rank=1, world_size=2)
-    state = {"format": loop.CHECKPOINT_FORMAT, "model": model.state_dict()}
-    assert loop.save_checkpoint(tmp_path / "x.ckpt", state, other) is None
+    other = Distributed(rank=1, world_size=2)
+    state = {"format": CHECKPOINT_FORMAT, "model": model.state_dict()}
+    assert save_checkpoint(tmp_path / "x.ckpt", state, other) is None
     assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_checkpoints_are_clear_errors(tmp_path):
     with pytest.raises(D3NetError, match="checkpoint not found"):
-        loop.load_checkpoint(tmp_path / "missing.ckpt")
+        load_checkpoint(tmp_path / "missing.ckpt")
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint at all")
     with pytest.raises(D3NetError, match="not a readable checkpoint"):
-        loop.load_checkpoint(garbage)
+        load_checkpoint(garbage)
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(D3NetError, match="not a d3net training checkpoint"):
-        loop.load_checkpoint(foreign)
+        load_checkpoint(foreign)
     model, optimizer, scheduler = _setup()
-    state = loop.checkpoint_state(model, optimizer, None, None, loop.Distributed(), epoch=0,
+    state = checkpoint_state(model, optimizer, None, None, Distributed(), epoch=0,
                                   iteration=0)
     other = nn.Linear(2, 2)
     with pytest.raises(D3NetError, match="do not fit the model"):
-        loop.restore_checkpoint(state, other)
+        restore_checkpoint(state, other)
 
 
 def test_rng_restore_with_another_world_size_warns():
     model, optimizer, scheduler = _setup()
-    state = loop.checkpoint_state(model, optimizer, scheduler, None, loop.Distributed(),
+    state = checkpoint_state(model, optimizer, scheduler, None, Distributed(),
                                   epoch=1, iteration=1)
     state["rng"] = state["rng"] * 2  # as if written by two processes
     with pytest.warns(UserWarning, match="2 process"):
-        loop.restore_checkpoint(state, model, optimizer, scheduler, None, loop.Distributed())
+        restore_checkpoint(state, model, optimizer, scheduler, None, Distributed())
 
 
 def test_nan_guard_names_the_step_and_the_checkpoint(tmp_path):
-    loop.check_finite_loss(1.5, epoch=0, iteration=1)
-    with pytest.raises(loop.NonFiniteLossError, match=r"nan \(epoch 3, iteration 17\).*no "
+    solver.check_finite_loss(1.5, epoch=0, iteration=1)
+    with pytest.raises(solver.NonFiniteLossError, match=r"nan \(epoch 3, iteration 17\).*no "
                                                       "checkpoint"):
-        loop.check_finite_loss(float("nan"), epoch=2, iteration=17,
+        solver.check_finite_loss(float("nan"), epoch=2, iteration=17,
                                checkpoint=tmp_path / "none.ckpt")
     ckpt = tmp_path / "run.ckpt"
     ckpt.write_bytes(b"x")
     with pytest.raises(D3NetError, match="inf.*last good checkpoint .*run.ckpt is kept"):
-        loop.check_finite_loss(float("inf"), epoch=0, checkpoint=ckpt)
+        solver.check_finite_loss(float("inf"), epoch=0, checkpoint=ckpt)
 
 
 def test_logger_writes_tensorboard_events(tmp_path):
     pytest.importorskip("tensorboard")
-    logger = loop.Logger(tmp_path / "logs")
+    logger = solver.Logger(tmp_path / "logs")
     logger.scalar("loss/train", 1.0, 1)
     logger.scalars({"loss/train": 0.5, "lr": 1e-3}, 2)
     logger.close()
     assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
-    silent = loop.Logger(tmp_path / "rank1", loop.Distributed(rank=1, world_size=2))
+    silent = solver.Logger(tmp_path / "rank1", Distributed(rank=1, world_size=2))
     silent.scalar("loss", 1.0, 1)
     silent.close()
     assert not (tmp_path / "rank1").exists()
@@ -170,30 +177,83 @@ def test_logger_writes_tensorboard_events(tmp_path):
 
 def test_logger_without_tensorboard_warns_once(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
-    monkeypatch.setattr(loop, "_warned_no_tensorboard", False)
+    monkeypatch.setattr(solver, "_warned_no_tensorboard", False)
     with pytest.warns(UserWarning, match="tensorboard is not installed"):
-        logger = loop.Logger(tmp_path / "logs")
+        logger = solver.Logger(tmp_path / "logs")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        loop.Logger(tmp_path / "logs2").scalar("loss", 1.0, 1)  # no second warning
+        solver.Logger(tmp_path / "logs2").scalar("loss", 1.0, 1)  # no second warning
     logger.scalar("loss", 1.0, 1)
     logger.close()
     assert not (tmp_path / "logs").exists()
 
 
 def test_seed_everything_and_rng_state_round_trip():
-    loop.seed_everything(3, rank=1)
-    state = loop.rng_state()
+    seed_everything(3, rank=1)
+    state = rng_state()
     first = (torch.rand(2), __import__("numpy").random.rand(), __import__("random").random())
-    loop.set_rng_state(state)
+    set_rng_state(state)
     again = (torch.rand(2), __import__("numpy").random.rand(), __import__("random").random())
     assert torch.equal(first[0], again[0]) and first[1:] == again[1:]
-    loop.seed_everything(3, rank=0)
+    seed_everything(3, rank=0)
     assert not torch.equal(torch.rand(2), first[0])  # ranks get different streams
 
 
 def test_unwrap_and_wrap_single_process():
     model = _model()
-    dist = loop.Distributed()
-    assert loop.wrap_ddp(model, dist) is model
-    assert loop.unwrap(model) is model
+    dist = Distributed()
+    assert wrap_ddp(model, dist) is model
+    assert utils.unwrap(model) is model
+
+
+def _autocast_steps(model, optimizer, amp, count: int) -> list[float]:
+    """Like ``_steps`` with the forward under the mixed-precision context."""
+    losses = []
+    for _ in range(count):
+        x = torch.randn(3, 2, 8, 8)
+        with amp.autocast():
+            out = model(x)
+        loss = ((out.float() - x.mean(1, keepdim=True)) ** 2).mean()
+        optimizer.zero_grad()
+        amp.backward_and_step(loss, optimizer)
+        losses.append(float(loss.detach()))
+    return losses
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_resume_is_exact(tmp_path, dtype):
+    """bfloat16 autocast without a scaler, float16 with one (on CPU here, as on old GPUs):
+    the scaler state travels in the checkpoint and a resumed run repeats the same steps."""
+    amp = precision.MixedPrecision(True, "cpu", dtype=dtype)
+    assert amp.enabled and amp.dtype == dtype
+    assert (amp.scaler is not None) == (dtype == torch.float16)
+    assert amp.describe().startswith(str(dtype).replace("torch.", ""))
+    seed_everything(5)
+    model, optimizer, _ = _setup()
+    _autocast_steps(model, optimizer, amp, 2)
+    state = checkpoint_state(model, optimizer, None, amp, Distributed(), epoch=0, iteration=2)
+    if dtype == torch.float16:
+        assert state["scaler"]["scale"] == amp.scaler.get_scale()
+    path = save_checkpoint(tmp_path / "amp.ckpt", state)
+    expected = _autocast_steps(model, optimizer, amp, 3)
+
+    fresh_amp = precision.MixedPrecision(True, "cpu", dtype=dtype)
+    fresh, fresh_optimizer, _ = _setup(seed=11)
+    restore_checkpoint(load_checkpoint(path), fresh, fresh_optimizer, None, fresh_amp)
+    assert _autocast_steps(fresh, fresh_optimizer, fresh_amp, 3) == expected
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, model.state_dict()[key]), key
+
+
+def test_mixed_precision_policy(monkeypatch):
+    assert precision.MixedPrecision(False, "cpu").describe() == "float32"
+    assert not precision.MixedPrecision(None, "cpu").enabled  # auto: GPUs only
+    # a CPU without native bfloat16 stays in float32 and says so
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False})
+    assert precision.autocast_dtype("cpu") is None
+    with pytest.warns(UserWarning, match="no native bfloat16"):
+        amp = precision.MixedPrecision(True, "cpu")
+    assert not amp.enabled and amp.scaler is None
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
+    assert precision.autocast_dtype("cpu") == torch.bfloat16
+    assert precision.MixedPrecision(True, "cpu").scaler is None

@@ -15,9 +15,11 @@ from d3net import models
 from d3net.data import musdb
 from d3net.data.synth_music import generate_dataset
 from d3net.errors import D3NetError
-from d3net.train import loop
+from d3net.train.checkpoint import load_checkpoint
+from d3net.train.solver import NonFiniteLossError
 from d3net.train import mss as train_mss_module
-from d3net.train.mss import MSSHyperParams, official_init_, train_mss
+from d3net.train.mss import MSSHyperParams, train_mss, xavier_init_
+from d3net.train.precision import has_native_bfloat16
 
 from conftest import TINY_MSS as TINY
 # 0.4 s excerpts = 18 STFT frames, 16-frame patches; 2 training tracks x 2 excerpts in
@@ -82,7 +84,7 @@ def test_training_writes_the_run_folder_and_the_loss_falls(run_a, data):
     want_mean, want_scale = musdb.compute_input_stats(train_tracks, progress=False)
     assert torch.allclose(mean, want_mean) and torch.allclose(scale, want_scale)
 
-    ckpt = loop.load_checkpoint(out / "vocals.ckpt")
+    ckpt = load_checkpoint(out / "vocals.ckpt")
     assert ckpt["epoch"] == 2 and ckpt["iteration"] == 2 * 2
     assert ckpt["hparams"]["lr"] == SAME_DATA["lr"] and ckpt["config"]["name"] == "mss-tiny"
     assert ckpt["best_metric"] == pytest.approx(min(result.valid_loss))
@@ -118,6 +120,28 @@ def test_resume_continues_exactly(data, tiny, tmp_path):
     assert done.epochs == 2 and (out / "vocals.ckpt").read_bytes() == before != first_epoch
 
 
+@pytest.mark.parametrize("options", [{"amp": True}, {"channels_last": True}],
+                         ids=["amp", "channels-last"])
+def test_precision_and_layout_runs_resume_exactly(data, tiny, tmp_path, options):
+    """--amp (bfloat16 where this CPU has it natively, else float32) and the channels-last
+    layout: a run continued with --resume equals the uninterrupted one."""
+    if options.get("amp") and not has_native_bfloat16("cpu"):
+        pytest.skip("this CPU has no native bfloat16 (--amp trains in float32 here)")
+    fast = dict(FAST, samples_per_track=1, **options)
+    straight = train_mss(data, "vocals", tmp_path / "a", tiny, epochs=2, progress=False,
+                         quiet=True, **fast)
+    train_mss(data, "vocals", tmp_path / "b", tiny, epochs=1, progress=False, quiet=True,
+              **fast)
+    resumed = train_mss(data, "vocals", tmp_path / "b", resume=True, epochs=2, progress=False,
+                        quiet=True)
+    assert resumed.train_loss == straight.train_loss
+    assert resumed.valid_loss == straight.valid_loss
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    hparams = load_checkpoint(tmp_path / "b" / "vocals.ckpt")["hparams"]
+    assert all(hparams[key] == value for key, value in options.items())
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tiny, tmp_path, monkeypatch):
     out = tmp_path / "run"
     fast = dict(FAST, samples_per_track=1, validation="none")
@@ -128,7 +152,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tiny, tmp_path,
         return (estimate - target).pow(2).mean() * float("nan")
 
     monkeypatch.setattr(train_mss_module, "magnitude_loss", exploding)
-    with pytest.raises(loop.NonFiniteLossError, match=r"nan \(epoch 2, iteration \d+\).*"
+    with pytest.raises(NonFiniteLossError, match=r"nan \(epoch 2, iteration \d+\).*"
                                                       r"vocals\.ckpt is kept"):
         train_mss(data, "vocals", out, resume=True, epochs=2, progress=False, quiet=True)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == saved
@@ -148,7 +172,7 @@ def test_cli_train_then_separate_with_the_run_folder(data, tiny, tmp_path, capsy
         "--gain", "none", "--no-channel-swap", "--sync-bn", "off", "--seed", "1"])
     assert args.func(args) == 0
     assert f"weights: {out / 'drums.safetensors'}" in capsys.readouterr().out
-    hparams = loop.load_checkpoint(out / "drums.ckpt")["hparams"]
+    hparams = load_checkpoint(out / "drums.ckpt")["hparams"]
     assert hparams["gain_range"] == [1.0, 1.0] and hparams["channel_swap"] is False
     assert hparams["validation"] == "none" and hparams["epochs"] == 1
 
@@ -191,7 +215,7 @@ def test_official_init_and_recipe_defaults():
             hp.channel_swap, hp.random_tracks) == (50, 6, 1e-3, (40,), 0.1, 1e-4, 6.0, 256, 64,
                                                     (0.75, 1.25), True, True)
     assert MSSHyperParams.from_dict(json.loads(json.dumps(hp.to_dict()))) == hp
-    model = official_init_(models.create(TINY))
+    model = xavier_init_(models.create(TINY))
     assert torch.equal(model.decode_scale, torch.ones_like(model.decode_scale))
     assert torch.equal(model.decode_bias, torch.ones_like(model.decode_bias))
     convs = [m for m in model.modules()

@@ -17,6 +17,7 @@ from d3net.errors import D3NetError
 from d3net.evaluate.seg import evaluate_seg
 from d3net.segment import Segmenter
 from d3net.train import seg as train_seg_module
+from d3net.train.precision import has_native_bfloat16
 from d3net.train.seg import poly_lr, seg_loss, train_seg
 
 TINY = dict(task="seg", name="test-tiny", num_init_features=8, num_layers=[2, 2, 2, 2],
@@ -200,6 +201,47 @@ def test_interrupted_run_resumes_exactly(scenes, tiny_yaml, tmp_path, monkeypatc
     assert resumed.train_loss == straight.train_loss
     for key, value in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
+def test_mixed_precision_run_resumes_exactly_across_validation(scenes, tiny_yaml, tmp_path,
+                                                                monkeypatch, capsys):
+    """--amp (bfloat16 where this CPU has it natively) with a validation before the
+    checkpoint: an interrupted run resumes on the very same numbers (validation's inference
+    must leave the training layout as it was)."""
+    amp = has_native_bfloat16("cpu")
+    options = dict(FAST, amp=amp, val_interval=2)
+    straight = train_seg(scenes, tmp_path / "a", tiny_yaml, iters=4, progress=False,
+                         **options)
+    opening = capsys.readouterr().out
+    assert ("bfloat16 autocast" in opening) == amp and ("float32" in opening) != amp
+    assert [it for it, _ in straight.val_miou] == [2, 4]
+
+    with monkeypatch.context() as patch:  # killed in the 4th step, after a checkpoint at 2
+        losses = iter([train_seg_module.seg_loss] * 3)
+        patch.setattr(train_seg_module, "seg_loss",
+                      lambda *a, **k: next(losses, _interrupt)(*a, **k))
+        with pytest.raises(KeyboardInterrupt):
+            train_seg(scenes, tmp_path / "b", tiny_yaml, iters=4, progress=False, quiet=True,
+                      **options)
+    resumed = train_seg(scenes, tmp_path / "b", resume=True, iters=4, progress=False,
+                        quiet=True)
+    assert resumed.train_loss == straight.train_loss
+    assert resumed.val_miou == straight.val_miou
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
+def test_channels_last_with_cpu_bfloat16_is_refused(scenes, tiny_yaml, tmp_path):
+    if not has_native_bfloat16("cpu"):
+        pytest.skip("this CPU has no native bfloat16 (--amp trains in float32 here)")
+    with pytest.raises(D3NetError, match="channels-last with bfloat16"):
+        train_seg(scenes, tmp_path / "r", tiny_yaml, iters=1, amp=True, channels_last=True,
+                  progress=False, quiet=True, **FAST)
+    assert not (tmp_path / "r" / "train.ckpt").exists()
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
 
 
 def test_ocr_head_trains_with_its_auxiliary_loss(scenes, tiny_yaml, tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
 """Small shared helpers: atomic file writes with the usual file modes, output checks, the
-cache folder, exact float32 kernels."""
+cache folder, device resolution, DDP unwrapping, exact float32 kernels."""
 from __future__ import annotations
 
 import contextlib
@@ -7,8 +7,12 @@ import os
 import secrets
 import stat
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterable, Iterator, Tuple, Union
+
+import torch
+from torch import nn
 
 from .errors import D3NetError
 
@@ -43,6 +47,29 @@ def cache_home() -> Path:
         return Path(home).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "d3net"
+
+
+def resolve_device(device: Union[str, torch.device, None] = None) -> torch.device:
+    """``None`` -> CUDA when available, else CPU; a clear error for unusable devices.
+
+    Raises:
+        D3NetError: an unknown device name, or CUDA asked for where there is none.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise D3NetError(f"invalid device {device!r} (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise D3NetError(f"device {device} requested but CUDA is not available")
+    return device
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, nn.Module) else model
 
 
 @contextlib.contextmanager
@@ -174,9 +201,6 @@ def exact_float32() -> Iterator[None]:
     output gate then sits on a knife edge (the bass fixture flips one gate with oneDNN:
     relative error 0.12 instead of 1.5e-5). Used by the parity tests and ``compat="official"``.
     """
-    import warnings
-
-    import torch
     with warnings.catch_warnings():
         # torch warns about oneDNN TF32 on Intel GPUs whenever these flags are set
         warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")

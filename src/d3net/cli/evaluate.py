@@ -106,7 +106,7 @@ def _register_seg(tasks) -> None:
 def run_seg(args: argparse.Namespace) -> int:
     from ..errors import D3NetError
     from ..evaluate.seg import evaluate_seg
-    from ..train.loop import resolve_device
+    from ..utils import resolve_device
     from .segment import inference_options
 
     if args.workers < 0:

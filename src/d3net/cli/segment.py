@@ -66,8 +66,7 @@ def inference_options(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ..errors import D3NetError
     from ..segment import Segmenter, find_images, segment_files
-    from ..train.loop import resolve_device
-    from ..utils import check_writable
+    from ..utils import check_writable, resolve_device
 
     if not 0.0 <= args.alpha <= 1.0:
         raise D3NetError(f"--alpha must be in [0, 1], got {args.alpha}")

@@ -87,13 +87,12 @@ def output_folders(inputs: list[Path], out_root: Path, fmt: str) -> dict[Path, P
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
     from ..audio import io
     from ..errors import D3NetError
     from ..separate import Separator
-    from ..utils import check_writable
+    from ..utils import check_writable, resolve_device
 
     if args.format == "flac" and args.bits == 32:
         raise D3NetError("FLAC supports 16 or 24 bits only (use --format wav for 32-bit float)")
@@ -105,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     folders = output_folders(inputs, out_root, args.format)
     check_writable(out_root, *folders.values())
     model = model_spec(args)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
     separator = Separator.from_pretrained(
         model, device=device, targets=targets, wiener_iterations=args.wiener_iterations,

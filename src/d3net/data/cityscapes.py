@@ -554,3 +554,33 @@ class ImageFolderDataset(SegmentationDataset):
 
     def __repr__(self) -> str:
         return f"ImageFolderDataset(images_dir={str(self.images_dir)!r}, {len(self)} images)"
+
+
+class AugmentedDataset(torch.utils.data.Dataset):
+    """Training items ``(image (3, h, w), labels (h, w))`` with reproducible augmentation.
+
+    The random scale, crop and flip of item ``index`` in epoch ``epoch`` come from a
+    generator seeded with ``(seed, epoch, index)``, so they do not depend on DataLoader
+    workers or on where a run was interrupted: a resumed run sees the same crops.
+
+    Args:
+        dataset: a raw dataset with ``load(index) -> (PIL image, uint8 train ids)``
+            (:class:`SegmentationDataset`).
+        transform: a :class:`TrainTransform`.
+        seed: the run's seed.
+    """
+
+    def __init__(self, dataset: SegmentationDataset, transform: TrainTransform, seed: int = 0):
+        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = self.dataset.load(index)
+        generator = torch.Generator().manual_seed(
+            (self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index))
+        return self.transform(image, label, generator=generator)

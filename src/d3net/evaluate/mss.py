@@ -25,7 +25,7 @@ import torch
 from ..data import musdb
 from ..errors import D3NetError
 from ..models import resolve
-from ..utils import PathLike, check_unique_outputs, check_writable
+from ..utils import PathLike, check_unique_outputs, check_writable, resolve_device
 from . import sdr
 
 #: The Separator settings that change the estimates, recorded with every result.
@@ -154,7 +154,6 @@ def evaluate_mss(root: PathLike, model: PathLike, subset: str = "test",
     from tqdm.auto import tqdm
 
     from ..separate import Separator
-    from ..train.loop import resolve_device
 
     say = log or (lambda message: None)
     resolve(model, task="mss")  # a wrong model fails now, before the dataset is read

@@ -18,10 +18,8 @@ from torch import nn
 from ..errors import D3NetError
 from ..models import load
 from ..segment import Segmenter
+from ..utils import PathLike, resolve_device, unwrap
 from .miou import ConfusionMatrix
-
-PathLike = Union[str, os.PathLike]
-
 
 def evaluate_seg(root: Union[PathLike, torch.utils.data.Dataset],
                  model: Union[nn.Module, Segmenter, PathLike], split: str = "val",
@@ -94,14 +92,11 @@ def _segmenter(model, device, progress: bool, **options) -> tuple:
             model.to(device)
         return model, model.model, model.model.training
     if isinstance(model, (str, os.PathLike)):
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = load(model, task="seg", device=device, progress=progress)
+        model = load(model, task="seg", device=resolve_device(device), progress=progress)
     if not isinstance(model, nn.Module):
         raise D3NetError(f"expected a segmentation model, a Segmenter or a model spec, got "
                          f"{type(model).__name__}")
-    if hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module  # DistributedDataParallel: evaluate the plain network
+    model = unwrap(model)  # DistributedDataParallel: evaluate the plain network
     was_training = model.training
     return Segmenter(model, device=device, **options), model, was_training
 

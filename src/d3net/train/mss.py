@@ -15,7 +15,8 @@ through :class:`MSSHyperParams`:
   50 epochs, batch 6, L2 weight decay 1e-4 (Adam's ``weight_decay``, which adds
   ``1e-4 * w`` to the gradient as NNabla's ``solver.weight_decay`` does);
 * initialisation: Glorot-normal convolutions, Glorot-uniform transposed convolutions,
-  zero biases, ``decode_scale = decode_bias = 1`` (the official ``init_method='xavier'``),
+  zero biases, ``decode_scale = decode_bias = 1`` (the official ``init_method='xavier'``,
+  :func:`xavier_init_`),
   ``in_offset``/``in_scale`` from the training mixtures' per-bin magnitude mean and
   standard deviation (:func:`d3net.data.musdb.compute_input_stats`), computed once and
   cached in the run folder.
@@ -33,7 +34,10 @@ Where the official code differs from the paper or needs a choice, the official c
 * its training STFT pads reflectively, ours with zeros (the inference padding): only
   the first two frames of a patch differ.
 
-Run folder (``../shared/INTERFACES.md``): ``<target>.safetensors`` (best by validation
+The loop, checkpoints, DDP and mixed precision are the shared driver's
+(:class:`d3net.train.solver.Trainer`); this module supplies the music parts.
+
+Run folder: ``<target>.safetensors`` (best by validation
 loss, or the last epoch without validation), ``<target>.last.safetensors``,
 ``<target>.ckpt`` (resumable), ``input_stats.npz`` (shared by the targets),
 ``logs/<target>/`` (TensorBoard). Training the four targets into one folder makes a
@@ -42,9 +46,7 @@ separation model folder for :class:`d3net.separate.Separator`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -53,67 +55,66 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import models as model_io
 from ..audio import spectral
-from ..configs import MSSConfig, describe, from_dict, load_config, to_dict
+from ..configs import MSSConfig, describe, load_config
 from ..data import musdb
 from ..errors import D3NetError
 from ..utils import PathLike
-from . import loop
+from .hparams import AMP_HELP, HyperParams, option, parse_int_list, parse_range
+from .distributed import Distributed
+from .init import glorot_init_
+from .precision import MixedPrecision
+from .solver import Metric, RunFiles, Trainer, log, progress_bar
 
 REFERENCE_BATCH = 6
 """The batch size the official learning rate and weight decay are given for."""
 STATS_FILE = "input_stats.npz"
-RESUMABLE_CHANGES = ("epochs",)
-"""Hyper-parameters that may differ when a run is resumed."""
+
+
+def parse_validation(text: str, flag: str) -> Union[str, Tuple[str, ...]]:
+    """``none``, ``musdb`` or comma-separated track names."""
+    text = text.strip()
+    if text in ("none", "musdb"):
+        return text
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 @dataclass
-class MSSHyperParams(loop.HyperParams):
-    """Hyper-parameters of a music separation training run (defaults: the official recipe).
+class MSSHyperParams(HyperParams):
+    """Hyper-parameters of a music separation training run (defaults: the official recipe);
+    each field's help is in its :func:`~d3net.train.hparams.option`."""
 
-    Attributes:
-        epochs: total epochs.
-        batch_size: excerpts per optimisation step and process.
-        lr: Adam learning rate (for ``REFERENCE_BATCH`` excerpts, see ``lr_scaling``).
-        lr_milestones: epochs after which the learning rate is multiplied by ``lr_gamma``.
-        lr_gamma: the factor.
-        weight_decay: L2 penalty (Adam ``weight_decay``).
-        lr_scaling: multiply ``lr`` and ``weight_decay`` by ``processes * batch_size / 6``
-            (official multi-GPU rule; 1 with the default batch on one process).
-        excerpt_seconds: length of the training excerpts.
-        patch_frames: STFT frames of each excerpt fed to the network (the first ones).
-        samples_per_track: excerpts per training track per epoch.
-        gain_range: random gain per source ``(low, high)``, or ``None``.
-        channel_swap: random left/right swap per source.
-        random_tracks: draw every source from a random track (remixing songs).
-        validation: ``"none"`` (train on every track, official), ``"musdb"`` (hold out
-            MUSDB18's validation songs) or a list of track names to hold out.
-        stats_seconds: seconds from the middle of each track used for the input
-            statistics (``None``: whole tracks, as the official code).
-        official_init: re-initialise the weights as the official training does.
-        amp: mixed precision (CUDA only; the official training is float32).
-        seed: base seed of the run (model init, data, shuffling).
-    """
-
-    epochs: int = 50
-    batch_size: int = 6
-    lr: float = 1e-3
-    lr_milestones: Tuple[int, ...] = (40,)
-    lr_gamma: float = 0.1
-    weight_decay: float = 1e-4
-    lr_scaling: bool = True
-    excerpt_seconds: float = 6.0
-    patch_frames: int = 256
-    samples_per_track: int = 64
-    gain_range: Optional[Tuple[float, float]] = (0.75, 1.25)
-    channel_swap: bool = True
-    random_tracks: bool = True
-    validation: Union[str, Tuple[str, ...]] = "none"
-    stats_seconds: Optional[float] = None
-    official_init: bool = True
-    amp: bool = False
-    seed: int = 42
+    epochs: int = option(50, "total epochs", resumable=True, metavar="N")
+    batch_size: int = option(6, "excerpts per optimisation step and process", metavar="N")
+    lr: float = option(1e-3, "Adam learning rate (for 6 excerpts, see lr_scaling)",
+                       metavar="X")
+    lr_milestones: Tuple[int, ...] = option(
+        (40,), "epochs after which the learning rate is multiplied by lr_gamma",
+        metavar="LIST", parse=parse_int_list)
+    lr_gamma: float = option(0.1, "learning-rate decay factor", metavar="X")
+    weight_decay: float = option(1e-4, "L2 weight decay (Adam weight_decay)", metavar="X")
+    lr_scaling: bool = option(True, "scale lr and weight decay by processes x batch / 6 (the "
+                                    "official multi-GPU rule)")
+    excerpt_seconds: float = option(6.0, "length of the training excerpts", metavar="S")
+    patch_frames: int = option(256, "STFT frames of each excerpt fed to the network (the "
+                                    "first ones)", metavar="N")
+    samples_per_track: int = option(64, "excerpts per training track per epoch", metavar="N")
+    gain_range: Optional[Tuple[float, float]] = option(
+        (0.75, 1.25), "random gain per source, 'none' to disable", flag="--gain",
+        metavar="LOW,HIGH|none", parse=parse_range)
+    channel_swap: bool = option(True, "random left/right swap per source")
+    random_tracks: bool = option(True, "draw every source of an excerpt from a random track "
+                                       "(remixing songs)")
+    validation: Union[str, Tuple[str, ...]] = option(
+        "none", "'none' (train on every track, official), 'musdb' (hold out MUSDB18's 14 "
+                "validation songs) or comma-separated track names", flag="--valid-tracks",
+        metavar="none|musdb|NAMES", parse=parse_validation)
+    stats_seconds: Optional[float] = option(
+        None, "seconds from the middle of each track used for the input statistics",
+        metavar="S", shown="whole tracks, as the official code")
+    official_init: bool = option(True, "initialise the weights as the official training "
+                                       "(off: PyTorch's defaults)")
+    amp: Optional[bool] = option(False, AMP_HELP, shown="off: float32, as the official code")
 
     def __post_init__(self) -> None:
         self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
@@ -132,22 +133,17 @@ class MSSHyperParams(loop.HyperParams):
 
 
 @dataclass
-class TrainResult:
-    """What :func:`train_mss` returns.
+class TrainResult(RunFiles):
+    """What :func:`train_mss` returns: the files (``RUNDIR/<target>.safetensors``,
+    ``<target>.last.safetensors``, ``<target>.ckpt``) and
 
     Attributes:
-        weights: ``RUNDIR/<target>.safetensors`` (best, or last without validation).
-        last: ``RUNDIR/<target>.last.safetensors``.
-        checkpoint: ``RUNDIR/<target>.ckpt``.
         epochs: completed epochs.
         train_loss: mean training loss of every epoch so far (resumed runs included).
         valid_loss: validation loss of every epoch (empty without validation).
         model: the trained network (plain module, on its training device).
     """
 
-    weights: Path
-    last: Path
-    checkpoint: Path
     epochs: int
     train_loss: List[float] = field(default_factory=list)
     valid_loss: List[float] = field(default_factory=list)
@@ -169,26 +165,14 @@ def run_paths(out: PathLike, target: str) -> Dict[str, Path]:
 # ----------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def official_init_(model: nn.Module) -> nn.Module:
-    """Initialise as the official training (``init_method='xavier'``), in place.
+def xavier_init_(model: nn.Module) -> nn.Module:
+    """Initialise as the official music training (``init_method='xavier'``), in place.
 
-    Convolutions: Glorot normal (NNabla's ``calc_normal_std_glorot``, the same as
-    ``xavier_normal_``), biases zero. Transposed convolutions: NNabla's default Glorot
-    uniform, bias zero. BatchNorm: weight 1, bias 0. ``decode_scale`` and
-    ``decode_bias``: 1 (so the output ReLU starts open).
+    Convolutions Glorot normal, transposed convolutions Glorot uniform, biases zero,
+    BatchNorm weight 1 and bias 0 (:func:`d3net.train.init.glorot_init_`), and
+    ``decode_scale = decode_bias = 1``, so the output ReLU starts open.
     """
-    for module in model.modules():
-        if isinstance(module, nn.ConvTranspose2d):
-            nn.init.xavier_uniform_(module.weight)
-        elif isinstance(module, nn.Conv2d):
-            nn.init.xavier_normal_(module.weight)
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_parameters()
-            continue
-        else:
-            continue
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
+    glorot_init_(model, conv="normal")
     for name in ("decode_scale", "decode_bias"):
         parameter = getattr(model, name, None)
         if isinstance(parameter, Tensor):
@@ -258,20 +242,19 @@ def split_tracks(root: PathLike, validation: Union[str, Sequence[str]]
     return train, valid
 
 
-def _input_stats(paths: Dict[str, Path], tracks: Sequence[musdb.MUSDBTrack],
-                 hp: MSSHyperParams, config: MSSConfig, dist: loop.Distributed,
-                 progress: bool) -> Tuple[Tensor, Tensor]:
+def _input_stats(path: Path, tracks: Sequence[musdb.MUSDBTrack], hp: MSSHyperParams,
+                 config: MSSConfig, dist: Distributed, progress: bool
+                 ) -> Tuple[Tensor, Tensor]:
     """Cached per-bin mean/scale of the training mixtures (computed on the first use).
 
     Every rank computes them when the cache is missing (same numbers; no rank idles at a
     barrier long enough to hit a collective timeout); rank 0 writes the cache.
     """
-    path = paths["stats"]
     if path.is_file():
         mean, scale = musdb.load_stats(path)
         if mean.numel() == config.num_bins:
             return mean, scale
-        loop.log(f"{path} has {mean.numel()} bins, the model {config.num_bins}: recomputing",
+        log(f"{path} has {mean.numel()} bins, the model {config.num_bins}: recomputing",
                  dist)
     mean, scale = musdb.compute_input_stats(
         tracks, max_seconds_per_track=hp.stats_seconds, progress=progress and dist.is_main,
@@ -295,18 +278,105 @@ def _check_tracks(tracks: Sequence[musdb.MUSDBTrack], config: MSSConfig,
 
 
 # ----------------------------------------------------------------------------------------
-# the run
+# the recipe
 # ----------------------------------------------------------------------------------------
 
-def _resolve_config(config: Union[str, Path, MSSConfig, Dict[str, Any], None],
-                    target: str) -> MSSConfig:
-    resolved = load_config(config if config is not None else f"mss-{target}", task="mss",
-                           target=target)
-    if not isinstance(resolved, MSSConfig):
-        raise D3NetError(f"{describe(resolved)} is not a music separation config")
-    resolved = dataclasses.replace(resolved) if resolved is config else resolved
-    resolved.target = target
-    return resolved
+class MSSTrainer(Trainer):
+    """The music recipe on the shared driver: one target's network on MUSDB18(-HQ) tracks.
+
+    Args:
+        root: dataset root with ``train/``.
+        target: ``vocals``, ``drums``, ``bass`` or ``other``.
+        out: run folder.
+        config, **kwargs: see :class:`d3net.train.solver.Trainer`.
+    """
+
+    hparams_type = MSSHyperParams
+    config_type = MSSConfig
+    task = "mss"
+    kind = "music separation"
+    reference_batch = REFERENCE_BATCH
+    length = "epochs"
+    metric = Metric(name="valid_loss", best_name="best_valid_loss", label="valid loss",
+                    tag="loss/valid", higher_is_better=False)
+
+    def __init__(self, root: PathLike, target: str, out: PathLike, config: Any = None,
+                 **kwargs: Any):
+        if target not in musdb.SOURCES:
+            raise D3NetError(f"unknown target {target!r}; train one of "
+                             f"{', '.join(musdb.SOURCES)}")
+        super().__init__(run_paths(out, target), config, **kwargs)
+        self.root, self.target = root, target
+
+    def load_config(self, source: Any) -> Any:
+        return load_config(source, task=self.task, target=self.target)
+
+    def default_config(self) -> str:
+        return f"mss-{self.target}"
+
+    def owns(self, config: Any) -> bool:
+        return isinstance(config, MSSConfig) and config.target == self.target
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.target} {self.kind}"
+
+    def adjust_config(self, config: MSSConfig) -> None:
+        config.target = self.target
+
+    def train_dataset(self) -> musdb.ExcerptDataset:
+        hp, config = self.hp, self.config
+        self.train_tracks, self.valid_tracks = split_tracks(self.root, hp.validation)
+        rate = self.train_tracks[0].sample_rate
+        if rate != config.sample_rate:
+            raise D3NetError(f"the tracks are at {rate} Hz, the model {describe(config)} at "
+                             f"{config.sample_rate} Hz (resample the dataset)")
+        frames = spectral.num_frames(int(round(hp.excerpt_seconds * rate)), config.hop_size)
+        if frames < hp.patch_frames:
+            raise D3NetError(f"{hp.excerpt_seconds} s excerpts give {frames} STFT frames, "
+                             f"fewer than patch_frames={hp.patch_frames}")
+        return musdb.ExcerptDataset(
+            self.train_tracks, self.target, excerpt_seconds=hp.excerpt_seconds,
+            samples_per_track=hp.samples_per_track, gain_range=hp.gain_range,
+            channel_swap=hp.channel_swap, random_tracks=hp.random_tracks, seed=hp.seed)
+
+    @property
+    def validates(self) -> bool:
+        return bool(self.valid_tracks)
+
+    def initialise(self, model: nn.Module) -> None:
+        if self.hp.official_init:
+            xavier_init_(model)
+        mean, scale = _input_stats(self.paths["stats"], self.train_tracks, self.hp,
+                                   self.config, self.dist, self.progress)
+        model.set_input_stats(mean, scale)
+
+    def optimizer(self, model: nn.Module, lr_scale: float):
+        hp = self.hp
+        optimizer = torch.optim.Adam(model.parameters(), lr=hp.lr * lr_scale,
+                                     weight_decay=hp.weight_decay * lr_scale)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(hp.lr_milestones),
+                                                         gamma=hp.lr_gamma)
+        return optimizer, scheduler
+
+    @torch.no_grad()
+    def prepare(self, batch: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tensor]:
+        mixture, target = (x.to(self.dist.device, non_blocking=True) for x in batch)
+        return (magnitude_patch(mixture, self.config, self.hp.patch_frames),
+                magnitude_patch(target, self.config, self.hp.patch_frames))
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return magnitude_loss(outputs, targets)
+
+    def validate(self, model: nn.Module) -> float:
+        return validation_loss(model, self.valid_tracks, self.target, self.config, self.hp,
+                               self.dist, self.amp, self.progress)
+
+    def describe(self, lr_scale: float) -> str:
+        milestones = ",".join(str(m) for m in self.hp.lr_milestones) or "never"
+        return (f"{len(self.train_tracks)} training / {len(self.valid_tracks)} validation "
+                f"tracks, Adam lr {self.hp.lr * lr_scale:g} (x{self.hp.lr_gamma:g} after "
+                f"epochs {milestones})")
 
 
 def train_mss(root: PathLike, target: str, out: PathLike,
@@ -317,7 +387,7 @@ def train_mss(root: PathLike, target: str, out: PathLike,
     """Train the D3Net of one target on a MUSDB18(-HQ)-layout dataset.
 
     Works in one process or under ``torchrun`` (one process per GPU, or several CPU
-    processes with gloo): data sharded per rank, per-rank seeds, only rank 0 writes.
+    processes with gloo): data sharded per rank, only rank 0 writes.
 
     Args:
         root: dataset root with ``train/`` (MUSDB18-HQ folders or MUSDB18 stem files).
@@ -329,213 +399,42 @@ def train_mss(root: PathLike, target: str, out: PathLike,
         resume: continue ``out/<target>.ckpt`` exactly (model, optimiser, scheduler, RNG
             states, epoch); a larger ``epochs`` extends the run. Without a checkpoint a new
             run starts. Without ``resume`` an existing checkpoint is an error.
-        device: ``cpu``, ``cuda`` or ``None`` (CUDA when available).
-        sync_bn: ``auto``/``on``/``off`` (see :func:`loop.maybe_sync_batchnorm`).
-        workers: DataLoader worker processes.
-        progress: tqdm bars (rank 0).
-        quiet: no informational lines.
+        device, sync_bn, workers, progress, quiet: how to run
+            (:class:`d3net.train.solver.Trainer`).
         **hparams: fields of :class:`MSSHyperParams`; ``None`` values mean "default, or
             the resumed run's value" (so disable the gain augmentation with
             ``gain_range=(1, 1)``).
 
     Returns:
         A :class:`TrainResult` (paths, per-epoch losses, the trained model).
+
+    Raises:
+        D3NetError: an unknown target or option, unusable data, an existing run without
+            ``resume``, a resumed run with other settings, a NaN/Inf loss.
     """
-    if target not in musdb.SOURCES:
-        raise D3NetError(f"unknown target {target!r}; train one of {', '.join(musdb.SOURCES)}")
-    unknown = sorted(set(hparams) - {f.name for f in dataclasses.fields(MSSHyperParams)})
-    if unknown:
-        raise D3NetError(f"unknown training option(s): {', '.join(unknown)}")
-    paths = run_paths(out, target)
-    dist = loop.init_distributed(device)
-    try:
-        return _train(root, target, paths, config, resume, dist, sync_bn, workers, progress,
-                      quiet, hparams)
-    finally:
-        loop.shutdown_distributed(dist)
-
-
-def _train(root: PathLike, target: str, paths: Dict[str, Path],
-           config_source: Any, resume: bool, dist: loop.Distributed, sync_bn: str,
-           workers: int, progress: bool, quiet: bool, overrides: Dict[str, Any]) -> TrainResult:
-    say = (lambda message: loop.log(message, dist, quiet))
-    checkpoint = paths["checkpoint"]
-    state: Optional[Dict[str, Any]] = None
-    if checkpoint.exists() and not resume:
-        raise D3NetError(f"{checkpoint} exists: pass --resume to continue that run, or choose "
-                         "another --out folder")
-    if resume:
-        if checkpoint.is_file():
-            state = loop.load_checkpoint(checkpoint)
-        else:
-            say(f"no checkpoint at {checkpoint}: starting a new run")
-
-    if state is not None:
-        config = from_dict(state["config"])
-        if config_source is not None:
-            wanted = _resolve_config(config_source, target)
-            if to_dict(wanted) != to_dict(config):
-                raise D3NetError(f"--config {config_source} differs from the config of the run "
-                                 f"being resumed ({describe(config)}); leave --config out to "
-                                 "resume")
-        hp = MSSHyperParams.merge_resumed(state["hparams"], overrides, RESUMABLE_CHANGES)
-    else:
-        config = _resolve_config(config_source, target)
-        hp = MSSHyperParams(**{k: v for k, v in overrides.items() if v is not None})
-    if not isinstance(config, MSSConfig) or config.target != target:
-        raise D3NetError(f"{checkpoint} is not a {target} music separation run")
-
-    loop.seed_everything(hp.seed, dist.rank)
-    train_tracks, valid_tracks = split_tracks(root, hp.validation)
-    _check_tracks(train_tracks, config, hp)
-    if dist.is_main:
-        paths["checkpoint"].parent.mkdir(parents=True, exist_ok=True)
-
-    # the model: official init + input statistics (a resumed run loads all of it back)
-    model = model_io.create(config)
-    if state is None:
-        if hp.official_init:
-            official_init_(model)
-        mean, scale = _input_stats(paths, train_tracks, hp, config, dist, progress)
-        model.set_input_stats(mean, scale)
-    model.to(dist.device)
-    model = loop.maybe_sync_batchnorm(model, sync_bn, dist)
-
-    scale_factor = dist.world_size * hp.batch_size / REFERENCE_BATCH if hp.lr_scaling else 1.0
-    optimizer = torch.optim.Adam(model.parameters(), lr=hp.lr * scale_factor,
-                                 weight_decay=hp.weight_decay * scale_factor)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(hp.lr_milestones),
-                                                     gamma=hp.lr_gamma)
-    amp = loop.MixedPrecision(hp.amp, dist.device)
-    start_epoch, iteration, best = 0, 0, None
-    history: Dict[str, List[float]] = {"train_loss": [], "valid_loss": []}
-    if state is not None:
-        loop.restore_checkpoint(state, model, optimizer, scheduler, amp, dist)
-        start_epoch, iteration = int(state["epoch"]), int(state["iteration"])
-        best = state.get("best_metric")
-        history = {k: list(v) for k, v in state["extra"].get("history", history).items()}
-        extended = hp.epochs != state["hparams"]["epochs"]
-        say(f"resuming {checkpoint} after epoch {start_epoch}"
-            + (f" (now {hp.epochs} epochs in all)" if extended else ""))
-    ddp_model = loop.wrap_ddp(model, dist)
-
-    dataset = musdb.ExcerptDataset(
-        train_tracks, target, excerpt_seconds=hp.excerpt_seconds,
-        samples_per_track=hp.samples_per_track, gain_range=hp.gain_range,
-        channel_swap=hp.channel_swap, random_tracks=hp.random_tracks, seed=hp.seed)
-    # DistributedSampler also in one process: a per-epoch shuffle from (seed, epoch) only
-    sampler = torch.utils.data.DistributedSampler(
-        dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=hp.seed)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=hp.batch_size, sampler=sampler, num_workers=workers,
-        drop_last=True, pin_memory=dist.device.type == "cuda")
-    if len(loader) == 0:
-        raise D3NetError(f"{len(train_tracks)} track(s) x {hp.samples_per_track} excerpts "
-                         f"make no full batch of {hp.batch_size} per process; lower "
-                         "--batch-size or raise samples_per_track")
-
-    logger = loop.Logger(paths["logs"], dist)
-    say(f"training {describe(config)}: {model_io.count_parameters(model):,} parameters, "
-        f"{len(train_tracks)} training / {len(valid_tracks)} validation tracks, "
-        f"{len(loader)} steps of {hp.batch_size} x {dist.world_size} process(es) per epoch, "
-        f"lr {hp.lr * scale_factor:g}, on {dist.device}")
-    if start_epoch >= hp.epochs:
-        say(f"the run already has {start_epoch} epochs (>= {hp.epochs}); nothing to do "
-            "(pass a larger --epochs to continue)")
-
-    for epoch in range(start_epoch, hp.epochs):
-        dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        started = time.time()
-        train_loss, iteration = _train_epoch(ddp_model, loader, optimizer, amp, config, hp,
-                                             dist, logger, epoch, iteration, checkpoint,
-                                             progress)
-        valid_loss = None
-        if valid_tracks:
-            valid_loss = validation_loss(model, valid_tracks, target, config, hp, dist, amp,
-                                         progress)
-        scheduler.step()
-        history["train_loss"].append(train_loss)
-        if valid_loss is not None:
-            history["valid_loss"].append(valid_loss)
-        improved = valid_loss is not None and (best is None or valid_loss < best)
-        if improved:
-            best = valid_loss
-        logger.scalars({"loss/train_epoch": train_loss,
-                        "lr": optimizer.param_groups[0]["lr"]}, epoch + 1)
-        if valid_loss is not None:
-            logger.scalar("loss/valid", valid_loss, epoch + 1)
-        logger.flush()
-
-        meta = {"epoch": str(epoch + 1), "train_loss": f"{train_loss:.6g}"}
-        if valid_loss is not None:
-            meta["valid_loss"] = f"{valid_loss:.6g}"
-        if dist.is_main:
-            model_io.save(model, paths["last"], extra=meta)
-            if improved or not valid_tracks:
-                model_io.save(model, paths["weights"], extra=meta)
-        ckpt = loop.checkpoint_state(
-            model, optimizer, scheduler, amp, dist, epoch=epoch + 1, iteration=iteration,
-            best_metric=best, config=to_dict(config), hparams=hp.to_dict(),
-            extra={"history": history, "target": target})
-        loop.save_checkpoint(checkpoint, ckpt, dist)
-        say(f"epoch {epoch + 1}/{hp.epochs}: train loss {train_loss:.5g}"
-            + (f", valid loss {valid_loss:.5g}" + (" (best)" if improved else "")
-               if valid_loss is not None else "")
-            + f", {time.time() - started:.0f} s")
-    logger.close()
-    dist.barrier()
-    return TrainResult(weights=paths["weights"], last=paths["last"], checkpoint=checkpoint,
-                       epochs=max(start_epoch, hp.epochs),
-                       train_loss=history["train_loss"], valid_loss=history["valid_loss"],
-                       model=model)
-
-
-def _train_epoch(model: nn.Module, loader: torch.utils.data.DataLoader,
-                 optimizer: torch.optim.Optimizer, amp: loop.MixedPrecision,
-                 config: MSSConfig, hp: MSSHyperParams, dist: loop.Distributed,
-                 logger: loop.Logger, epoch: int, iteration: int, checkpoint: Path,
-                 progress: bool) -> Tuple[float, int]:
-    """One pass over the loader; returns the epoch's mean loss (over ranks) and the step."""
-    model.train()
-    total, count = 0.0, 0
-    bar = loop.progress_bar(loader, enabled=progress, dist=dist,
-                            desc=f"epoch {epoch + 1}/{hp.epochs}", unit="step", leave=False)
-    for mixture, target in bar:
-        mixture = mixture.to(dist.device, non_blocking=True)
-        target = target.to(dist.device, non_blocking=True)
-        with torch.no_grad():
-            inputs = magnitude_patch(mixture, config, hp.patch_frames)
-            wanted = magnitude_patch(target, config, hp.patch_frames)
-        with amp.autocast():
-            loss = magnitude_loss(model(inputs), wanted)
-        value = dist.mean(loss.detach())
-        loop.check_finite_loss(value, epoch=epoch, iteration=iteration + 1,
-                               checkpoint=checkpoint)
-        optimizer.zero_grad(set_to_none=True)
-        amp.backward_and_step(loss, optimizer)
-        iteration += 1
-        total += value
-        count += 1
-        logger.scalar("loss/train", value, iteration)
-        bar.set_postfix(loss=f"{value:.4g}")
-    bar.close()
-    return total / max(count, 1), iteration
+    trainer = MSSTrainer(root, target, out, config, resume=resume, device=device,
+                         sync_bn=sync_bn, workers=workers, progress=progress, quiet=quiet,
+                         hparams=hparams)
+    run = trainer.fit()
+    return TrainResult(**trainer.files(), epochs=run.epochs, train_loss=run.epoch_losses(),
+                       valid_loss=[score for _, score in run.scores(MSSTrainer.metric)],
+                       model=run.model)
 
 
 @torch.no_grad()
 def validation_loss(model: nn.Module, tracks: Sequence[musdb.MUSDBTrack], target: str,
-                    config: MSSConfig, hp: MSSHyperParams, dist: loop.Distributed,
-                    amp: Optional[loop.MixedPrecision] = None, progress: bool = False) -> float:
+                    config: MSSConfig, hp: MSSHyperParams, dist: Distributed,
+                    amp: Optional[MixedPrecision] = None, progress: bool = False) -> float:
     """Mean squared magnitude error over whole validation tracks (the training loss, on
-    consecutive ``patch_frames`` patches of every track), tracks sharded over the ranks."""
+    consecutive ``patch_frames`` patches of every track), tracks sharded over the ranks;
+    ``amp`` (``None``: float32) is the run's mixed precision."""
     model.eval()
     dataset = musdb.FullTrackDataset(list(tracks)[dist.rank::dist.world_size], target)
     squared = torch.zeros((), dtype=torch.float64)
     elements = 0
     autocast = amp.autocast() if amp is not None else contextlib.nullcontext()
-    bar = loop.progress_bar(range(len(dataset)), enabled=progress, dist=dist,
-                            desc="validation", unit="track", leave=False)
+    bar = progress_bar(range(len(dataset)), enabled=progress, dist=dist,
+                       desc="validation", unit="track", leave=False)
     with autocast:
         for index in bar:
             mixture, wanted = dataset[index]
@@ -559,6 +458,6 @@ def validation_loss(model: nn.Module, tracks: Sequence[musdb.MUSDBTrack], target
     return float(total[0] / total[1]) if total[1] > 0 else math.nan
 
 
-__all__ = ["MSSHyperParams", "TrainResult", "train_mss", "run_paths", "official_init_",
-           "magnitude_patch", "magnitude_loss", "split_tracks", "validation_loss",
-           "REFERENCE_BATCH", "STATS_FILE"]
+__all__ = ["MSSHyperParams", "MSSTrainer", "TrainResult", "train_mss", "run_paths",
+           "xavier_init_", "magnitude_patch", "magnitude_loss", "split_tracks",
+           "validation_loss", "parse_validation", "REFERENCE_BATCH", "STATS_FILE"]

@@ -1,0 +1,231 @@
+"""Where a training process sits in a run: torchrun/DDP setup, SyncBatchNorm, seeding and
+random states, and the sharded per-epoch shuffle. Nothing here knows about a task.
+
+Rules: only rank 0 writes files (:attr:`Distributed.is_main`); collective calls
+(:meth:`Distributed.mean`, :meth:`Distributed.broadcast_buffers`, ...) are made on every rank.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..errors import D3NetError
+from ..utils import resolve_device
+
+SYNC_BN_MODES = ("auto", "on", "off")
+
+
+@dataclass
+class Distributed:
+    """Where this process sits in a (possibly single-process) run.
+
+    Attributes:
+        rank: global rank, 0 in a single-process run.
+        world_size: number of processes.
+        local_rank: rank on this machine (selects the GPU).
+        device: the device this process trains on.
+        backend: ``"nccl"``, ``"gloo"`` or ``None`` (single process).
+        owns_group: whether :func:`init_distributed` created the process group (and
+            :func:`shutdown_distributed` should destroy it).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: Optional[str] = None
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that writes files, logs and shows progress bars."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether several processes take part (a process group is initialised)."""
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op in a single process)."""
+        if self.enabled:
+            torch_dist.barrier()
+
+    def sum(self, value: Union[Tensor, float]) -> Tensor:
+        """Sum of a tensor (or number) over the ranks, returned as a new tensor."""
+        tensor = torch.as_tensor(value, dtype=torch.float64).clone()
+        if self.enabled:
+            tensor = tensor.to(self.device if self.backend == "nccl" else "cpu")
+            torch_dist.all_reduce(tensor)
+        return tensor.cpu()
+
+    def mean(self, value: Union[Tensor, float]) -> float:
+        """Mean of a scalar over the ranks (same float on every rank)."""
+        return float(self.sum(value)) / self.world_size
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """``obj`` of rank ``src`` on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        torch_dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def gather_object(self, obj: Any) -> List[Any]:
+        """Every rank's ``obj``, indexed by rank, on every rank."""
+        if not self.enabled:
+            return [obj]
+        out: List[Any] = [None] * self.world_size
+        torch_dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        """Copy rank 0's buffers (BatchNorm statistics) to every rank.
+
+        DDP broadcasts them at each training forward, but the last step's update stays
+        per-rank; validation and the returned model should be the same on every rank.
+        """
+        if not self.enabled:
+            return
+        for buffer in model.buffers():
+            torch_dist.broadcast(buffer.data, src=0)
+
+
+def init_distributed(device: Union[str, torch.device, None] = None) -> Distributed:
+    """Set up this process for training, under ``torchrun`` or alone.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the default process group is
+    initialised from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``:
+    NCCL on GPUs (each process uses ``cuda:LOCAL_RANK``), gloo on CPU. Call
+    :func:`shutdown_distributed` at the end.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
+
+    Raises:
+        D3NetError: an unusable device, or more local ranks than GPUs.
+    """
+    device = resolve_device(device)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed(device=device)
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise D3NetError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} "
+                             "GPU(s) on this machine (lower --nproc_per_node)")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    owns_group = not torch_dist.is_initialized()
+    if owns_group:
+        torch_dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=device,
+                       backend=backend, owns_group=owns_group)
+
+
+def shutdown_distributed(dist: Distributed) -> None:
+    """Tear down the process group set up by :func:`init_distributed` (if it made one)."""
+    if dist.owns_group and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def maybe_sync_batchnorm(model: nn.Module, mode: str, dist: Distributed) -> nn.Module:
+    """Convert BatchNorm layers to SyncBatchNorm as ``mode`` says.
+
+    ``"auto"``: only when training on CUDA with several processes (the paper's setting).
+    ``"on"``: always under DDP; refused on CPU, where PyTorch's SyncBatchNorm does not run.
+    ``"off"``: plain per-process BatchNorm.
+
+    Raises:
+        D3NetError: an unknown mode, or ``"on"`` without CUDA.
+    """
+    if mode not in SYNC_BN_MODES:
+        raise D3NetError(f"--sync-bn must be one of {', '.join(SYNC_BN_MODES)}, got {mode!r}")
+    if mode == "on" and dist.device.type != "cuda":
+        raise D3NetError("--sync-bn on needs CUDA: PyTorch's SyncBatchNorm does not run on "
+                         "CPU tensors; use --sync-bn off (or auto) on CPU")
+    use = dist.enabled and dist.device.type == "cuda" and mode in ("auto", "on")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model) if use else model
+
+
+def wrap_ddp(model: nn.Module, dist: Distributed, **kwargs: Any) -> nn.Module:
+    """``DistributedDataParallel(model)`` under DDP, ``model`` itself otherwise."""
+    if not dist.enabled:
+        return model
+    if dist.device.type == "cuda":
+        kwargs.setdefault("device_ids", [dist.device.index])
+        kwargs.setdefault("output_device", dist.device.index)
+    return DistributedDataParallel(model, **kwargs)
+
+
+def epoch_batches(dataset_size: int, batch_size: int, epoch: int, seed: int,
+                  dist: Distributed) -> List[List[int]]:
+    """This rank's batches of one epoch: a ``(seed, epoch)`` shuffle of the dataset's
+    indices, sharded over the ranks (``DistributedSampler``), in full batches only.
+
+    The same on every run, so an interrupted run resumes on the very batches it would have
+    drawn; one process gets the same shuffle as rank 0 of ``DistributedSampler``.
+    """
+    sampler = torch.utils.data.DistributedSampler(
+        range(dataset_size), num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
+        seed=seed)
+    sampler.set_epoch(epoch)
+    indices = list(sampler)
+    full = len(indices) - len(indices) % batch_size
+    return [indices[i:i + batch_size] for i in range(0, full, batch_size)]
+
+
+# ----------------------------------------------------------------------------------------
+# seeding and RNG state
+# ----------------------------------------------------------------------------------------
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) with ``seed + rank``.
+
+    Ranks get different streams, so anything random inside the model or the data
+    pipeline differs between processes while the run stays reproducible.
+    """
+    value = int(seed) + int(rank)
+    random.seed(value)
+    np.random.seed(value % 2 ** 32)
+    torch.manual_seed(value)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(value)
+
+
+def rng_state() -> Dict[str, Any]:
+    """The Python, NumPy and torch (CPU and every CUDA device) random states."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([torch.as_tensor(s, dtype=torch.uint8).cpu()
+                                          for s in cuda])
+
+
+__all__ = ["Distributed", "init_distributed", "shutdown_distributed", "maybe_sync_batchnorm",
+           "wrap_ddp", "epoch_batches", "seed_everything", "rng_state", "set_rng_state",
+           "SYNC_BN_MODES"]
