@@ -61,7 +61,7 @@ COMPAT_MODES = (None, "official")
 
 
 def wiener(magnitudes: Tensor, mixture: Tensor, iterations: int = 1, residual: bool = False,
-           eps: float = 1e-10, frame_batch: int | None = 256,
+           eps: float = 1e-10, frame_batch: int | None = 32,
            compat: Optional[str] = None) -> Tensor:
     """Separate ``mixture`` with the multichannel Wiener filter.
 
@@ -75,8 +75,9 @@ def wiener(magnitudes: Tensor, mixture: Tensor, iterations: int = 1, residual: b
             estimates (magnitudes with mixture phase), before filtering.
         eps: relative PSD floor (times each source's maximum PSD); with
             ``compat="official"`` also the absolute determinant threshold.
-        frame_batch: frames filtered at once, bounding memory on long inputs
-            (``None``: all frames at once). The statistics always cover all frames.
+        frame_batch: frames filtered at once, bounding the float64 temporaries (about
+            2 MB per frame and source with 2049 bins; ``None``: all frames at once; 32
+            was fastest on a 2-core CPU as well). The statistics always cover all frames.
         compat: ``None`` (default, see the module docstring) or ``"official"`` for the
             official filter's arithmetic.
 
@@ -103,7 +104,7 @@ def wiener(magnitudes: Tensor, mixture: Tensor, iterations: int = 1, residual: b
     out_dtype = mixture.dtype
     estimates = with_phase(magnitudes, mixture).to(out_dtype)
     if not official:  # no source has sound where the mixture has none
-        estimates = estimates * (mixture != 0)
+        estimates.masked_fill_(mixture == 0, 0)
     if residual:
         rest = (mixture - estimates.sum(0, dtype=torch.complex128)).to(out_dtype)
         estimates = torch.cat([estimates, rest[None]])
