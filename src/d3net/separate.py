@@ -693,7 +693,6 @@ class _PatchStream:
             self.next_patch = last + 1
         return self._emit()
 
-
     def _run_group(self, patches: range) -> None:
         plan, sep = self.plan, self.sep
         starts = [plan.first_frame(p) for p in patches]
@@ -714,8 +713,6 @@ class _PatchStream:
         """Overlap-add patch outputs into the song's frames ``[0, frames)``."""
         plan, output = self.plan, self.output
         end = min(plan.frames, starts[-1] + plan.patch)
-        if output.data is None:
-            output.append(estimates.new_zeros(*estimates.shape[1:-1], 0))
         if end > output.end:
             output.append(estimates.new_zeros(*estimates.shape[1:-1], end - output.end))
         for start, estimate in zip(starts, estimates):
