@@ -24,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     net = models.d3net_mss(args.target).eval().to(memory_format=torch.channels_last)
-    frames = net.config.test_patch_len
+    frames = net.config.patch_frames
     print("| precision | batch | seconds per patch |\n|---|---|---|")
     for precision in ("float32", "bfloat16"):
         context = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bfloat16"

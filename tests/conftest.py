@@ -70,7 +70,7 @@ TINY_MSS = {
     "full": {"init_features": 4, "num_layers": [1, 1, 1], "growth_rate": [4, 4, 4],
              "num_blocks": [1, 1, 1]},
     "final_growth_rate": 4, "final_num_layers": 2,
-    "patch_length": 16, "test_patch_len": 16, "out_shift": 8,
+    "patch_frames": 16, "out_shift": 8,
 }
 
 

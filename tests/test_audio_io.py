@@ -1,6 +1,8 @@
 """Audio file reading/writing, resampling and every user-facing error."""
 import shutil
 import subprocess
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,3 +180,127 @@ def test_resample_identity_and_bad_rate():
     assert io.resample(x, 44100, 44100) is x
     with pytest.raises(D3NetError, match="sample rate"):
         io.resample(x, 0, 44100)
+
+
+# ----------------------------------------------------------------------------- blocks
+
+def test_reader_blocks_equal_load(tmp_path):
+    x = tone(2, samples=10007)
+    io.save(tmp_path / "x.wav", x, 22050, bits=32)
+    with io.AudioReader(tmp_path / "x.wav") as reader:
+        assert (reader.sample_rate, reader.channels, reader.frames) == (22050, 2, 10007)
+        blocks = list(reader.blocks(1000))
+    assert [b.shape[1] for b in blocks] == [1000] * 10 + [7]
+    assert torch.equal(torch.cat(blocks, dim=1), io.load(tmp_path / "x.wav")[0])
+
+
+def test_reader_finds_bad_samples_in_a_later_block(tmp_path):
+    data = np.zeros((5000, 2), np.float32)
+    data[4321, 0] = np.inf
+    soundfile.write(str(tmp_path / "late.wav"), data, 44100, subtype="FLOAT")
+    with io.AudioReader(tmp_path / "late.wav") as reader:
+        blocks = reader.blocks(1000)
+        next(blocks)
+        with pytest.raises(D3NetError, match="late.wav: contains NaN or infinite"):
+            list(blocks)
+
+
+@needs_ffmpeg
+def test_reader_decodes_mp3_to_a_temporary_wav_and_removes_it(tmp_path):
+    io.save(tmp_path / "x.wav", tone(2, samples=22050), 44100)
+    _ffmpeg("-i", str(tmp_path / "x.wav"), "-b:a", "192k", str(tmp_path / "x.mp3"))
+    with io.AudioReader(tmp_path / "x.mp3") as reader:
+        decoded = Path(reader._file.name)
+        assert decoded.exists() and decoded.suffix == ".wav"
+        blocks = list(reader.blocks(4096))
+    assert not decoded.exists()
+    assert torch.equal(torch.cat(blocks, dim=1), io.load(tmp_path / "x.mp3")[0])
+
+
+@pytest.mark.parametrize("rates", [(8000, 44100), (96000, 44100), (44100, 48000),
+                                   (44100, 44100)])
+def test_resample_stream_equals_whole(rates):
+    x = tone(2, samples=30011, rate=rates[0], freq=300.0)
+    whole = io.resample(x, *rates)
+    stream = io.ResampleStream(*rates, channels=2)
+    parts = [stream.push(block) for block in x.split(4097, dim=1)] + [stream.finish()]
+    streamed = torch.cat(parts, dim=1)
+    assert streamed.shape[1] == whole.shape[1] == io.resampled_length(30011, *rates)
+    assert torch.equal(streamed, whole)
+
+
+def test_resampled_length_matches_soxr():
+    for samples in (1, 2, 3, 99, 1000, 12345):
+        for rates in ((96000, 44100), (8000, 44100), (44100, 22050), (48000, 44100)):
+            assert io.resampled_length(samples, *rates) == \
+                io.resample(torch.zeros(1, samples), *rates).shape[1], (samples, rates)
+
+
+def _write_stems(folder, stems, **kwargs):
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        with io.StemWriter(folder, list(stems), 8000, 2, **kwargs) as writer:
+            for blocks in zip(*(s.split(700, dim=1) for s in stems.values())):
+                writer.write(dict(zip(stems, blocks)))
+    return writer
+
+
+def loud_stems():
+    loud = tone(2, samples=5000, amp=1.6)            # peaks at 1.6 = +4.1 dBFS
+    quiet = tone(2, samples=5000, amp=0.4)
+    return {"vocals": loud, "bass": quiet}
+
+
+def test_stem_writer_rescales_every_stem_by_one_gain(tmp_path):
+    stems = loud_stems()
+    writer = _write_stems(tmp_path, stems, bits=24)
+    levels = writer.levels
+    assert levels.over == ["vocals"] and levels.gain == pytest.approx(1 / 1.6, rel=1e-4)
+    assert "vocals peaks at +4.1 dBFS" in levels.message()
+    assert "scaled by -4.1 dB" in levels.message()
+    vocals, _ = io.load(tmp_path / "vocals.wav")
+    bass, _ = io.load(tmp_path / "bass.wav")
+    assert vocals.abs().max() <= 1.0 and vocals.abs().max() > 0.999
+    # Balance kept: both stems got the same gain.
+    assert (bass - stems["bass"] * levels.gain).abs().max() < 1e-5
+    assert (vocals - stems["vocals"] * levels.gain).abs().max() < 1e-5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bass.wav", "vocals.wav"]
+
+
+def test_stem_writer_clamp_counts_clipped_samples(tmp_path):
+    stems = loud_stems()
+    writer = _write_stems(tmp_path, stems, bits=16, clip_mode="clamp")
+    over = int((stems["vocals"].abs() > 1.0).sum())
+    assert writer.levels.gain == 1.0 and writer.levels.clipped == {"vocals": over, "bass": 0}
+    assert f"vocals {over:,} samples" in writer.levels.message()
+    bass, _ = io.load(tmp_path / "bass.wav")
+    assert (bass - stems["bass"]).abs().max() <= 1 / 2 ** 15
+
+
+def test_stem_writer_float_output_keeps_the_level(tmp_path):
+    stems = loud_stems()
+    writer = _write_stems(tmp_path, stems, bits=32)
+    assert writer.levels.over == ["vocals"] and writer.levels.message() is None
+    vocals, _ = io.load(tmp_path / "vocals.wav")
+    assert torch.equal(vocals, stems["vocals"])
+
+
+def test_stem_writer_leaves_nothing_on_error(tmp_path):
+    (tmp_path / "vocals.wav").write_bytes(b"old")
+    for bits in (16, 32):
+        with pytest.raises(KeyboardInterrupt):
+            with io.StemWriter(tmp_path, ["vocals"], 8000, 1, bits=bits) as writer:
+                writer.write({"vocals": torch.zeros(1, 100)})
+                raise KeyboardInterrupt
+        assert [p.name for p in tmp_path.iterdir()] == ["vocals.wav"]
+        assert (tmp_path / "vocals.wav").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(format="mp3"), "cannot write 'mp3'"),
+    (dict(format="flac", bits=32), "FLAC supports 16 or 24 bits"),
+    (dict(clip_mode="wrap"), "unknown clip mode"),
+])
+def test_stem_writer_bad_options(tmp_path, kwargs, match):
+    with pytest.raises(D3NetError, match=match):
+        io.StemWriter(tmp_path, ["vocals"], 8000, 1, **kwargs)

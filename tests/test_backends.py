@@ -370,7 +370,7 @@ class FrameLocal(nn.Module):
 
     def __init__(self, patch):
         super().__init__()
-        self.config = type("C", (), {"test_patch_len": patch, "out_shift": patch // 2,
+        self.config = type("C", (), {"patch_frames": patch, "out_shift": patch // 2,
                                      "task": "mss", "target": "vocals"})()
 
     def forward(self, x):

@@ -136,26 +136,39 @@ def test_model_option_errors(model_dir, tmp_path, capsys, monkeypatch):
         assert len(err.splitlines()) == 1 and message in err, (extra, err)
 
 
+@pytest.mark.parametrize("bits", [16, 32])
 def test_interrupted_write_leaves_the_existing_output_intact(model_dir, tmp_path, capsys,
-                                                             monkeypatch):
+                                                             monkeypatch, bits):
     song = write(tmp_path / "song.wav", tone(0.3, 44100, 2), 44100)
     out = tmp_path / "out"
-    assert separate(song, "-o", out, "--model", model_dir) == 0
-    before = (out / "song" / "vocals.wav").read_bytes()
+    assert separate(song, "-o", out, "--model", model_dir, "--bits", bits) == 0
+    before = {p.name: p.read_bytes() for p in (out / "song").iterdir()}
 
-    real_write = soundfile.write
+    real_write = soundfile.SoundFile.write
+    calls = []
 
-    def write_half_then_die(file, data, *args, **kwargs):
-        real_write(file, data[: len(data) // 2], *args, **kwargs)
-        raise KeyboardInterrupt
+    def count(self, data):
+        calls.append(len(data))
+        return real_write(self, data)
 
     (tmp_path / "louder").mkdir()
     louder = write(tmp_path / "louder" / "song.wav", 2 * tone(0.3, 44100, 2), 44100)
-    monkeypatch.setattr(soundfile, "write", write_half_then_die)
-    assert separate(louder, "-o", out, "--model", model_dir) == 130
+    monkeypatch.setattr(soundfile.SoundFile, "write", count)
+    assert separate(louder, "-o", tmp_path / "counted", "--model", model_dir,
+                    "--bits", bits) == 0
+
+    def die_at_last_write(self, data):  # the last stem's last block: all others written
+        calls.append(None)
+        if len(calls) == total:
+            real_write(self, data[: len(data) // 2])
+            raise KeyboardInterrupt
+        return real_write(self, data)
+
+    total, calls[:] = len(calls), []
+    monkeypatch.setattr(soundfile.SoundFile, "write", die_at_last_write)
+    assert separate(louder, "-o", out, "--model", model_dir, "--bits", bits) == 130
     assert "interrupted" in capsys.readouterr().err
-    assert (out / "song" / "vocals.wav").read_bytes() == before
-    assert not [p for p in (out / "song").iterdir() if not p.name.endswith(".wav")]
+    assert {p.name: p.read_bytes() for p in (out / "song").iterdir()} == before
 
 
 # ------------------------------------------------- results that must not be lost (issue 12)

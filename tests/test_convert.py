@@ -1,4 +1,12 @@
-"""Official NNabla weights: numerical parity, strict name mapping, CLI, bad input."""
+"""Official NNabla weights: numerical parity, strict name mapping, CLI, bad input.
+
+Parity: every output of the official fixtures (calibrated weights) to a relative error of
+1e-4 (``max|ours - ref| / max|ref|``), with PyTorch's default oneDNN kernels (what users
+run) and with its native kernels (:func:`d3net.utils.exact_float32`, what
+``compat="official"`` runs). D3Net-S comes closest (~6e-5): its calibrated weights amplify
+float32 rounding along its depth (fixtures README, "Sensitivity to float32 rounding").
+"""
+import contextlib
 import subprocess
 import sys
 import warnings
@@ -16,29 +24,34 @@ from d3net.utils import exact_float32
 TARGETS = ["vocals", "drums", "bass", "other"]
 
 
+KERNELS = {"onednn": contextlib.nullcontext, "native": exact_float32}
+
+
 def rel_error(ours, ref):
     return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("target", TARGETS)
-def test_mss_parity(official, target):
+def test_mss_parity(official, target, kernels):
     model = load_nnabla(official / "mss" / f"{target}.h5", f"mss-{target}")
     assert not model.training
     x = np.load(official / "mss" / f"{target}_input.npy")     # (batch, frames, ch, bins)
     ref = np.load(official / "mss" / f"{target}_output.npy")
-    with torch.inference_mode(), exact_float32():
+    with torch.inference_mode(), KERNELS[kernels]():
         out = model(torch.from_numpy(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2).numpy()
     assert rel_error(out, ref) <= 1e-4
     assert np.array_equal(out[..., 1600:], ref[..., 1600:])
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("name,config", [("tiny", "tiny.yaml"), ("d3net_s", "d3net-s")])
-def test_segmentation_parity(official, name, config):
+def test_segmentation_parity(official, name, config, kernels):
     if config.endswith(".yaml"):
         config = official / "seg" / config
     model = load_nnabla(official / "seg" / f"{name}.h5", config, task="seg")
     x = torch.from_numpy(np.load(official / "seg" / f"{name}_input.npy"))
-    with torch.inference_mode(), exact_float32():
+    with torch.inference_mode(), KERNELS[kernels]():
         features = model.backbone(x)
         probs = torch.softmax(model(x), dim=1).numpy()
     assert rel_error(probs, np.load(official / "seg" / f"{name}_output.npy")) <= 1e-4
@@ -136,7 +149,7 @@ def test_cli_converts_music_folder_for_separate(official, tmp_path):
     written = sorted(p.name for p in (tmp_path / "model").iterdir())
     assert written == [f"{t}.safetensors" for t in sorted(TARGETS)]
     bass = models.load(tmp_path / "model" / "bass.safetensors")
-    assert bass.config.target == "bass" and bass.config.test_patch_len == 384
+    assert bass.config.target == "bass" and bass.config.patch_frames == 384
 
 
 def test_cli_bad_inputs_write_nothing(official, tmp_path):

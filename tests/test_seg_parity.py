@@ -1,7 +1,12 @@
 """Parity of the segmentation inference API with Sony's official NNabla outputs.
 
-The fixtures hold randomised official weights, an already normalised input and the
-official test-mode output (softmax probabilities); see fixtures/official/README.md.
+The fixtures hold randomised official weights with calibrated BatchNorm statistics, an
+already normalised input and the official test-mode output (softmax probabilities). The
+Segmenter runs as users run it (oneDNN, channels-last) and must give every probability to
+a relative error of 1e-4. Its labels must equal the official argmax wherever the official
+top two probabilities are further apart than that tolerance allows to swap (2e-4): a
+closer pair is a tie that no 1e-4 comparison can decide (D3Net-S has two such pixels,
+with gaps of ~5e-6).
 """
 from pathlib import Path
 
@@ -11,22 +16,21 @@ import torch
 
 from d3net.convert import load_nnabla
 from d3net.segment import Segmenter
-from d3net.utils import exact_float32
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "official" / "seg"
 
 pytestmark = pytest.mark.skipif(not (FIXTURES / "tiny.h5").is_file(),
                                 reason=f"official fixtures not found in {FIXTURES}")
 
-TIE = 1e-3  # pixels whose two best official probabilities are closer than this may flip
+TOLERANCE = 1e-4
+TIE = 2 * TOLERANCE  # probabilities within the tolerance can swap a pair closer than this
 
 
 def check_against_official(segmenter: Segmenter, name: str):
     image = torch.from_numpy(np.load(FIXTURES / f"{name}_input.npy"))
     official = np.load(FIXTURES / f"{name}_output.npy")[0]            # (classes, H, W)
-    with exact_float32():
-        probabilities = segmenter.predict_proba(image)[0].numpy()
-        labels = segmenter.predict(image)[0].numpy()
+    probabilities = segmenter.predict_proba(image)[0].numpy()
+    labels = segmenter.predict(image)[0].numpy()
 
     assert probabilities.shape == official.shape
     top2 = np.sort(official, axis=0)[-2:]
@@ -37,7 +41,7 @@ def check_against_official(segmenter: Segmenter, name: str):
     assert not wrong.any(), f"{wrong.sum()} decided pixels differ from the official argmax"
     np.testing.assert_array_equal(labels, probabilities.argmax(0))
     relative = np.abs(probabilities - official).max() / np.abs(official).max()
-    assert relative < 1e-4
+    assert relative <= TOLERANCE
     return labels
 
 

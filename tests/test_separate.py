@@ -20,7 +20,7 @@ class StandIn(nn.Module):
     def __init__(self, fn, patch=256, target="vocals"):
         super().__init__()
         self.fn = fn
-        self.config = SimpleNamespace(test_patch_len=patch, out_shift=patch // 2, task="mss",
+        self.config = SimpleNamespace(patch_frames=patch, out_shift=patch // 2, task="mss",
                                       target=target)
         self.calls = []
 
@@ -280,7 +280,7 @@ def test_bad_options():
         Separator(four_targets(), compat="official", precision="bfloat16")
     with pytest.raises(D3NetError, match="at least one"):
         Separator({})
-    with pytest.raises(D3NetError, match="test_patch_len"):
+    with pytest.raises(D3NetError, match="patch_frames"):
         Separator({"vocals": nn.Identity()})
     with pytest.raises(D3NetError, match="sample rate"):
         Separator(four_targets()).separate(stereo_clip(1000), 0)

@@ -1,33 +1,20 @@
-"""End-to-end parity with the official NNabla inference (fixtures made with random weights).
+"""End-to-end parity with the official NNabla inference (fixtures with calibrated weights).
 
 The four official ``.h5`` files are converted, the fixture mixture separated with
 ``compat="official"``, and every target compared with the official pipeline's output:
-magnitudes after the patch overlap-add (relative error <= 1e-4) and audio after the Wiener
-filter and iSTFT (<= 1e-3, over the official output's length, which is 408 samples shorter
-than the input: the official iSTFT is not given the length). Relative error is
-``max|ours - ref| / max|ref|``. Both through the Python API and through the CLI
-(``d3net convert nnabla`` then ``d3net separate --compat official`` on a float WAV written
-from the fixture mixture).
-
-A handful of magnitude elements are ill-conditioned with these random weights and are
-allowed to differ (at most ``MAX_FLIPPED`` per target, out of about 1.06 million): the
-output gate ``sigmoid(g) * f`` sees pre-activations ``g`` around 1e10 whose sum cancels to
-about 1e5, i.e. to float32 rounding level, so the gate's sign, and with it whether the
-element is ~1e10 or the bare ``decode_bias``, is decided by summation order. With PyTorch's
-native kernels (what ``compat="official"`` uses) 1 element of vocals and 3 of other differ;
-oneDNN differs on more; a float64 forward (measured, 5x slower) fixes the vocals one
-(bin 907, frame 225) but still differs on the 3 of other (bins 499, 760, 808, channel 0):
-there the official value is itself a product of NNabla's float32 summation order, which no
-other implementation reproduces. Every other element agrees to ~5e-6. Such an element moves
-a whole STFT bin between targets in the Wiener filter, which the audio tolerance absorbs
-(we measured up to 7e-4).
+magnitudes after the patch overlap-add and audio after the Wiener filter and iSTFT (over
+the official output's length, which is 408 samples shorter than the input: the official
+iSTFT is not given the length), both to a relative error of 1e-4 or better, every element
+(relative error is ``max|ours - ref| / max|ref|``). Both through the Python API and through
+the CLI (``d3net convert nnabla`` then ``d3net separate --compat official`` on a float WAV
+written from the fixture mixture).
 
 The network dominates the run time (four full-size models over 6 s of audio, minutes on
-two CPU cores), so these tests are marked slow, the magnitudes are captured during the API's
-one ``separate`` call, and the CLI run reuses the API run's network outputs: a cache keyed by
-target and the exact input patch bytes, which every CLI network call must hit (so the CLI fed
-the networks exactly the same patches). The audio half of the pipeline (Wiener filter and
-iSTFT from the official magnitudes) is checked on its own, quickly and much more tightly.
+two CPU cores), so these tests are marked slow and every network call goes through a cache
+keyed by target and the exact input patch bytes: the magnitudes are recomputed from the
+cache after the API run, and every CLI network call must hit it (so the CLI fed the
+networks exactly the same patches). The audio half of the pipeline (Wiener filter and
+iSTFT from the official magnitudes) is checked on its own, quickly and more tightly.
 """
 import hashlib
 from pathlib import Path
@@ -41,7 +28,7 @@ from d3net.audio.wiener import wiener
 from d3net.separate import TARGETS, Separator
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "official" / "mss"
-MAX_FLIPPED = 4
+TOLERANCE = 1e-4
 
 
 def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
@@ -69,7 +56,8 @@ def test_wiener_and_istft_from_official_magnitudes():
     mixture = torch.from_numpy(fixture("e2e_mixture.npy").T.copy())
     spec = spectral.stft(mixture)
     magnitudes = torch.stack([torch.from_numpy(official_magnitude(t).copy()) for t in TARGETS])
-    stems = spectral.istft(wiener(magnitudes, spec, iterations=1), length=mixture.shape[-1])
+    stems = spectral.istft(wiener(magnitudes, spec, iterations=1, compat="official"),
+                           length=mixture.shape[-1])
     for target, stem in zip(TARGETS, stems.numpy()):
         ref = official_audio(target)
         assert relative_error(stem[:, :ref.shape[1]], ref) < 1e-5, target
@@ -109,17 +97,11 @@ def official_run(network_cache):
             pytest.skip(f"official fixture not found: {FIXTURES / f'{target}.h5'}")
     models = {t: convert.load_nnabla(FIXTURES / f"{t}.h5", f"mss-{t}") for t in TARGETS}
     separator = Separator(models, compat="official", device="cpu")
-
-    captured = {}
-    separate_magnitudes = separator.separate_magnitudes
-
-    def capture(magnitude):
-        captured.update(separate_magnitudes(magnitude))
-        return captured
-
-    separator.separate_magnitudes = capture
     stems = separator.separate(mixture, 44100)
-    return mixture, captured, stems
+    misses = network_cache.misses
+    magnitudes = separator.separate_magnitudes(spectral.magnitude(spectral.stft(mixture)))
+    assert network_cache.misses == misses  # the same patches as the separation's
+    return mixture, magnitudes, stems
 
 
 @pytest.fixture(scope="module")
@@ -149,10 +131,7 @@ def test_magnitudes_match_official(official_run, target):
     ref = official_magnitude(target)
     ours = magnitudes[target].numpy()
     assert ours.shape == ref.shape
-    error = np.abs(ours - ref) / np.abs(ref).max()
-    flipped = error > 1e-4
-    assert flipped.sum() <= MAX_FLIPPED, f"{flipped.sum()} elements off: {np.argwhere(flipped)}"
-    assert error[~flipped].max() <= 1e-4
+    assert relative_error(ours, ref) <= TOLERANCE
 
 
 @pytest.mark.slow
@@ -165,7 +144,7 @@ def test_audio_matches_official(request, official_run, route, target):
     ref = official_audio(target)
     ours = np.asarray(stems[target])
     assert ours.shape == mixture.shape
-    assert relative_error(ours[:, :ref.shape[1]], ref) <= 1e-3
+    assert relative_error(ours[:, :ref.shape[1]], ref) <= TOLERANCE
 
 
 @pytest.mark.slow

@@ -79,3 +79,41 @@ def test_fixture_mixture_has_259_frames():
     mixture = torch.from_numpy(np.load(path).T.copy())
     spec = spectral.stft(mixture)
     assert spec.shape == (2, 2049, 259)
+
+
+@pytest.mark.parametrize("samples,block", [
+    (samples, block) for samples in (1, 5, 1023, 1024, 1025, 4096, 10001)
+    for block in (1, 700, 5000, 100000) if block > 1 or samples < 5000])
+def test_streams_equal_the_whole_transforms(samples, block):
+    x = torch.randn(2, samples, generator=torch.Generator().manual_seed(samples))
+    whole = spectral.stft(x)
+    stream = spectral.StftStream(samples)
+    frames = [stream.push(part) for part in x.split(block, dim=-1)] + [stream.finish()]
+    assert torch.equal(torch.cat(frames, dim=-1), whole)
+
+    inverse = spectral.IstftStream(samples)
+    step = max(1, block // 1000)
+    parts = [inverse.push(part) for part in whole.split(step, dim=-1)] + [inverse.finish()]
+    streamed = torch.cat(parts, dim=-1)
+    assert streamed.shape == x.shape
+    assert (streamed - spectral.istft(whole, length=samples)).abs().max() < 1e-6
+
+
+def test_streams_with_other_fft_sizes():
+    x = torch.randn(3, 9000, dtype=torch.float64)
+    stream = spectral.StftStream(9000, n_fft=512, hop=128)
+    spec = torch.cat([stream.push(x[:, :4000]), stream.push(x[:, 4000:]), stream.finish()], -1)
+    assert torch.allclose(spec, spectral.stft(x, n_fft=512, hop=128), rtol=0, atol=1e-10)
+    inverse = spectral.IstftStream(9000, n_fft=512, hop=128)
+    y = torch.cat([inverse.push(spec[..., :30]), inverse.push(spec[..., 30:]),
+                   inverse.finish()], -1)
+    assert (y - x).abs().max() < 1e-10
+
+
+def test_streams_refuse_too_much():
+    stream = spectral.StftStream(10)
+    with pytest.raises(ValueError, match="announced"):
+        stream.push(torch.zeros(11))
+    inverse = spectral.IstftStream(10)
+    with pytest.raises(ValueError, match="frames"):
+        inverse.finish()

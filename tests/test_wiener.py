@@ -1,4 +1,5 @@
-"""Multichannel Wiener filter: official single pass, norbert EM, invariants."""
+"""Multichannel Wiener filter: official single pass, norbert EM, invariants, and the
+default filter's behaviour where the official one goes wrong (few frames, quiet input)."""
 import warnings
 
 import numpy as np
@@ -61,9 +62,12 @@ def test_single_iteration_matches_official(scale):
     mags, mix = random_problem(scale=scale)
     initial = mags * torch.exp(1j * torch.angle(mix))[None]
     ref = official_mwf_reference(initial.numpy(), mix.numpy())
-    ours = wiener(mags, mix, iterations=1)
+    ours = wiener(mags, mix, iterations=1, compat="official")
     assert ours.dtype == torch.complex128 and ours.shape == mags.shape
     assert relative_error(ours, ref) < 1e-10
+    # The default filter differs by its spatial prior: about 1 / (frames + 1) here.
+    default = wiener(mags, mix, iterations=1)
+    assert 1e-4 < relative_error(default, ref) < 0.5
 
 
 def test_official_fallback_branch_is_used_for_singular_covariances():
@@ -73,17 +77,18 @@ def test_official_fallback_branch_is_used_for_singular_covariances():
     mags[0, :, 3, 5] = 1e-9
     initial = mags * torch.exp(1j * torch.angle(mix))[None]
     ref = official_mwf_reference(initial.numpy(), mix.numpy())
-    ours = wiener(mags, mix, iterations=1)
+    ours = wiener(mags, mix, iterations=1, compat="official")
     assert relative_error(ours, ref) < 1e-10
     assert torch.isfinite(ours.real).all()
 
 
 def test_frame_batches_do_not_change_the_result():
     mags, mix = random_problem(frames=23)
-    full = wiener(mags, mix, iterations=2, frame_batch=None)
-    for batch in (1, 4, 7):
-        assert torch.allclose(wiener(mags, mix, iterations=2, frame_batch=batch), full,
-                              rtol=1e-12, atol=1e-12)
+    for compat in (None, "official"):
+        full = wiener(mags, mix, iterations=2, frame_batch=None, compat=compat)
+        for batch in (1, 4, 7):
+            assert torch.allclose(wiener(mags, mix, iterations=2, frame_batch=batch,
+                                         compat=compat), full, rtol=1e-12, atol=1e-12)
 
 
 def norbert_or_skip():
@@ -107,7 +112,7 @@ def test_em_matches_norbert(iterations):
     x = mix.permute(2, 1, 0).numpy().copy()
     ref = norbert.wiener(v, x, iterations=iterations, use_softmask=False)
     ref = np.transpose(ref, (3, 2, 1, 0))
-    ours = wiener(mags, mix, iterations=iterations).numpy()
+    ours = wiener(mags, mix, iterations=iterations, compat="official").numpy()
     # The two differ only in regularisation: norbert adds sqrt(float64 eps) ~ 1.5e-8 to
     # the diagonal of every mixture covariance and floors PSD sums at float64 eps; the
     # official filter floors each PSD at 1e-10 of its maximum. With O(1) data that is a
@@ -115,14 +120,16 @@ def test_em_matches_norbert(iterations):
     assert relative_error(ours, ref) < 1e-6
     # And a genuine difference between iteration counts is visible at this tolerance.
     if iterations > 1:
-        assert relative_error(wiener(mags, mix, iterations=iterations - 1).numpy(), ref) > 1e-4
+        fewer = wiener(mags, mix, iterations=iterations - 1, compat="official")
+        assert relative_error(fewer.numpy(), ref) > 1e-4
 
 
+@pytest.mark.parametrize("compat", [None, "official"])
 @pytest.mark.parametrize("channels", [1, 2, 3])
 @pytest.mark.parametrize("iterations", [1, 3])
-def test_sources_sum_to_mixture(channels, iterations):
+def test_sources_sum_to_mixture(channels, iterations, compat):
     mags, mix = random_problem(channels=channels)
-    out = wiener(mags, mix, iterations=iterations)
+    out = wiener(mags, mix, iterations=iterations, compat=compat)
     assert out.shape == mags.shape
     assert relative_error(out.sum(0), mix) < 1e-10
 
@@ -183,3 +190,65 @@ def test_bad_shapes():
         wiener(mags[:, :, :3], mix)
     with pytest.raises(D3NetError, match="complex"):
         wiener(mags, mix.real)
+    with pytest.raises(D3NetError, match="compat"):
+        wiener(mags, mix, compat="nnabla")
+
+
+# ----------------------------------------------------------------------------- default filter
+
+def one_frame_problem(sources=4, seed=0):
+    """One frame: every source's magnitude estimate with the mixture's phase, as the
+    separator gives it; the estimates' channel ratios are close to each other."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 2, 50, 1, generator=gen, dtype=torch.float64) + 0.5
+    mags = base * (1 + 0.02 * torch.rand(sources, 2, 50, 1, generator=gen,
+                                          dtype=torch.float64)) * torch.rand(
+        sources, 1, 1, 1, generator=gen, dtype=torch.float64)
+    mix = torch.complex(torch.randn(2, 50, 1, generator=gen, dtype=torch.float64),
+                        torch.randn(2, 50, 1, generator=gen, dtype=torch.float64))
+    return mags, mix
+
+
+def test_one_frame_gives_bounded_sources_that_add_up():
+    mags, mix = one_frame_problem()
+    official = wiener(mags, mix, compat="official")
+    default = wiener(mags, mix)
+    louder = lambda out: float((out.abs().amax(0) / mix.abs()).max())  # noqa: E731
+    # Rank-one spatial covariances from one frame, nearly parallel: the official filter
+    # inverts a nearly singular mixture covariance and the sources cancel each other.
+    assert louder(official) > 10
+    assert louder(default) < 3
+    assert relative_error(default.sum(0), mix) < 1e-10
+
+
+@pytest.mark.parametrize("scale", [1e-12, 1e-6, 1.0, 1e6])
+def test_default_filter_is_scale_invariant(scale):
+    mags, mix = random_problem(frames=30)
+    reference = wiener(mags, mix)
+    scaled = wiener(mags * scale, mix * scale)
+    assert relative_error(scaled / scale, reference) < 1e-9
+    assert relative_error(scaled.sum(0), mix * scale) < 1e-10
+
+
+def test_quiet_input_adds_up_only_with_the_default_filter():
+    mags, mix = random_problem(frames=30, scale=1e-4)
+    assert relative_error(wiener(mags, mix).sum(0), mix) < 1e-10
+    # the official absolute threshold |det| >= 1e-10 fails at this level
+    assert relative_error(wiener(mags, mix, compat="official").sum(0), mix) > 0.1
+
+
+def test_identical_channels_add_up():
+    mags, mix = random_problem(frames=20)
+    mags[:, 1] = mags[:, 0]
+    mix[1] = mix[0]
+    out = wiener(mags, mix, iterations=2)
+    assert relative_error(out.sum(0), mix) < 1e-10
+    assert torch.allclose(out[:, 0], out[:, 1])
+
+
+def test_no_source_where_the_mixture_is_silent():
+    mags, mix = random_problem()
+    mix[:, 2, 3] = 0
+    out = wiener(mags, mix, iterations=0, residual=True)
+    assert torch.equal(out[:, :, 2, 3], torch.zeros_like(out[:, :, 2, 3]))
+    assert wiener(mags, mix, iterations=0, compat="official")[:, :, 2, 3].abs().min() > 0

@@ -195,7 +195,7 @@ class PatchNetwork(nn.Module):
 
 def example_magnitude(model: D3NetMSS, frames: Optional[int] = None) -> Tensor:
     config = model.config
-    frames = config.test_patch_len if frames is None else int(frames)
+    frames = config.patch_frames if frames is None else int(frames)
     if frames <= 0 or frames % config.frame_multiple:
         raise D3NetError(f"frames must be a positive multiple of {config.frame_multiple}, "
                          f"got {frames}")
@@ -219,7 +219,7 @@ def convert_openvino(model: D3NetMSS, frames: Optional[int] = None):
 
     Args:
         model: the network (any device or layout; a float32 CPU copy is converted).
-        frames: the traced example's frame count (default: ``test_patch_len``).
+        frames: the traced example's frame count (default: ``patch_frames``).
 
     Raises:
         D3NetError: OpenVINO is not installed, or the model is not a music network.

@@ -114,9 +114,17 @@ class BranchConfig:
 class MSSConfig:
     """Music source separation network of one target (official ``D3NetMSS`` hparams).
 
-    The official configs (fixtures/official/mss/configs) win over the paper's Table 5
-    where they differ (e.g. the low band has 3 down-sampling levels, not 4, and the output
-    gate is a 1x1 convolution, not 3x3).
+    The official configs win over the paper's Table 5 where they differ (e.g. the low band
+    has 3 down-sampling levels, not 4, and the output gate is a 1x1 convolution, not 3x3).
+
+    The signal processing belongs to the model: ``sample_rate`` (Hz), ``fft_size`` and
+    ``hop_size`` (samples) define the STFT it was trained on, ``audio_channels`` the
+    channels it takes; :class:`d3net.separate.Separator` uses them. ``patch_frames`` is
+    the inference patch (STFT frames per network call, the official ``test_patch_len``),
+    ``out_shift`` the hop between patches (the official name). Older files and the
+    official YAMLs say ``test_patch_len``; their ``patch_length`` (the official training
+    patch; training takes its patch from ``MSSHyperParams.patch_frames``) is dropped on
+    reading, or stands in for a missing ``test_patch_len`` in an official YAML.
     """
 
     target: str = "vocals"
@@ -131,8 +139,7 @@ class MSSConfig:
     fft_size: int = 4096
     hop_size: int = 1024
     sample_rate: int = 44100
-    patch_length: int = 256
-    test_patch_len: int = 256
+    patch_frames: int = 256
     out_shift: int = 128
     dilation: str = "multi"
     task: str = field(default="mss", init=False)
@@ -210,7 +217,7 @@ def _mss_official(target: str) -> MSSConfig:
         full = BranchConfig(32, (4, 5, 6, 7, 8, 6, 6, 4, 4), (10, 10, 12, 14, 16, 14, 12, 8, 8),
                             (2,) * 9, (1.0,) * 10)
         return MSSConfig(target=target, name="mss-bass", band_split=(192,), bands=(low, high),
-                         full=full, patch_length=352, test_patch_len=384, out_shift=192)
+                         full=full, patch_frames=384, out_shift=192)
     raise D3NetError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
 
 
@@ -269,11 +276,29 @@ def from_dict(data: Dict[str, Any]) -> Config:
         cls = MSSConfig
     else:
         raise D3NetError(f"config has task {task!r}; expected 'seg' or 'mss'")
+    if cls is MSSConfig:
+        data = _renamed_mss_keys(data)
     known = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - known)
     if unknown:
         raise D3NetError(f"unknown {task} config keys: {', '.join(unknown)}")
     return cls(**data)
+
+
+#: Keys of older d3net MSS configs (model files, YAMLs): old name -> new name, or None for
+#: a key that is dropped.
+_OLD_MSS_KEYS = {"test_patch_len": "patch_frames", "patch_length": None}
+
+
+def _renamed_mss_keys(data: Dict[str, Any]) -> Dict[str, Any]:
+    """``data`` with the old key names of :data:`_OLD_MSS_KEYS` translated."""
+    data = dict(data)
+    for old, new in _OLD_MSS_KEYS.items():
+        if old in data:
+            value = data.pop(old)
+            if new is not None:
+                data.setdefault(new, value)
+    return data
 
 
 def save_yaml(config: Config, path: Union[str, Path]) -> None:
@@ -372,8 +397,7 @@ def _mss_from_official(d: Dict[str, Any], target: str, name: Optional[str]) -> M
         final_growth_rate=d["ttl_dens_k"], final_num_layers=d["ttl_num_layer_block"],
         audio_channels=d.get("n_channels", 2), fft_size=d.get("fft_size", 4096),
         hop_size=d.get("hop_size", 1024), sample_rate=d.get("fs", 44100),
-        patch_length=d.get("patch_length", 256), test_patch_len=patch,
-        out_shift=d.get("out_shift", patch // 2),
+        patch_frames=patch, out_shift=d.get("out_shift", patch // 2),
         dilation="multi" if d.get("dilation", True) else "none")
 
 

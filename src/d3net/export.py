@@ -5,7 +5,7 @@ file per source), as :class:`d3net.backends.PatchNetwork`: input ``magnitude``
 ``(batch, channels, bins, frames)`` float32, output ``estimate`` of the same shape, batch
 and frames dynamic, frames a multiple of ``frame_multiple`` (16 for the official
 configurations; pad with zeros and crop). The separation around it (STFT, patches of
-``test_patch_len`` frames shifted by ``out_shift``, channel flip, Wiener filter, iSTFT) is
+``patch_frames`` frames shifted by ``out_shift``, channel flip, Wiener filter, iSTFT) is
 described in :mod:`d3net.separate`. The exported file records the d3net config (JSON),
 the weights' :func:`d3net.models.fingerprint`, the target and ``frame_multiple``: ONNX in
 its ``metadata_props``, OpenVINO IR in its ``rt_info`` under ``d3net``.
@@ -61,7 +61,7 @@ def export_onnx(model: D3NetMSS, path: Union[str, os.PathLike], frames: Optional
     Args:
         model: a music network (left untouched; a float32 CPU copy is exported).
         path: the ``.onnx`` file to write.
-        frames: the traced example's frame count (default ``test_patch_len``).
+        frames: the traced example's frame count (default ``patch_frames``).
         opset: ONNX opset version.
 
     Raises:
@@ -145,7 +145,7 @@ def export_models(model: Union[str, os.PathLike], format: str, out: Union[str, o
         out: for a single model, the output file if it ends with ``.onnx`` / ``.xml``;
             otherwise (and always for a folder) a folder that gets ``<target>.onnx`` or
             ``<target>.xml`` + ``<target>.bin``.
-        frames: the traced example's frame count (default ``test_patch_len``).
+        frames: the traced example's frame count (default ``patch_frames``).
 
     Returns:
         The written files (``.onnx`` or ``.xml``).

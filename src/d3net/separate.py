@@ -2,9 +2,9 @@
 
 The pipeline follows the official D3Net inference, top to bottom:
 
-1. resample to 44.1 kHz (soxr) when needed; mono is duplicated to stereo;
+1. resample to the models' rate (soxr) when needed; mono is duplicated to stereo;
 2. STFT (:mod:`d3net.audio.spectral`) and its magnitude;
-3. per target, the network over overlapping patches of ``test_patch_len`` frames shifted by
+3. per target, the network over overlapping patches of ``patch_frames`` frames shifted by
    ``out_shift`` (half a patch), each patch also run with the stereo channels swapped and
    the two results averaged ("channel flip"), overlap-added without a window;
 4. the estimates get the mixture phase and go through the multichannel Wiener filter
@@ -12,25 +12,43 @@ The pipeline follows the official D3Net inference, top to bottom:
    of vocals, drums, bass and other;
 5. iSTFT to the input's length, resampling back to the input's rate and channel count.
 
+The models carry their signal processing: sample rate, FFT size, hop and channel count
+come from each model's config (``MSSConfig.sample_rate / fft_size / hop_size /
+audio_channels``; the official models: 44.1 kHz, 4096, 1024, stereo), and a set of models
+that disagree is refused. A mono model (``audio_channels=1``) sees the channels' mean
+magnitude, as in training, and its estimate filters every channel.
+
+Streaming: a song passes through every stage in blocks (:meth:`Separator.separate_file`
+reads, separates and writes files that way; :meth:`Separator.separate` feeds a tensor
+through the same path), so memory is bounded by the models, the patches in flight and
+one Wiener window, whatever the song's length. The block size does not change the result
+(beyond float rounding): every stage computes exactly what it computes on the whole song,
+except the Wiener filter, whose statistics cover one window of :data:`WIENER_WINDOW`
+frames plus a quarter window of context on each side, so that no window is short and
+neighbouring windows share frames (``wiener_window=None``: the whole song, as the official
+filter; memory then grows with the song).
+
 Unlike the official code, the patches of a song are run in batches (the flipped copies in
 the same batch), and the overlap-add divides each frame by the number of patches that
-really cover it. The official code divides every frame by ``test_patch_len / out_shift``,
+really cover it. The official code divides every frame by ``patch_frames / out_shift``,
 which halves the last frames of a song covered by one patch only; ``compat="official"``
-reproduces that exactly (used by the parity tests).
+reproduces that exactly, with the official Wiener filter over the whole song.
 
 Speed and precision: the networks run through a backend (:mod:`d3net.backends`):
 PyTorch (channels-last on CPU) or OpenVINO (CPU), in float32 or bfloat16 (several times
 faster on CPUs with AMX or AVX-512 BF16 and on recent GPUs; magnitudes change by ~1e-3
 relative); ``"auto"`` picks the fastest the machine has. ``compat="official"`` keeps
-PyTorch's native float32 CPU kernels and layout (:func:`d3net.utils.exact_float32`), whose
-accumulation order reproduces the official outputs best (see tests/test_separate_parity.py).
+PyTorch's native float32 CPU kernels and layout (:func:`d3net.utils.exact_float32`).
 ``mode="fast"`` trades a little quality for about 4x fewer network runs: no channel flip
 and patches that do not overlap (``overlap=0``; measured in benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterator, Mapping, Optional, Sequence, Union
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -47,22 +65,43 @@ MODES = ("default", "fast")
 # fast mode: no channel flip, patches side by side (see FAST_OVERLAP's measurement in
 # benchmarks/RESULTS.md, scripts/eval_fast_mode.py)
 FAST_OVERLAP = 0.0
+#: Frames per Wiener window (default mode): about 12 s at 44.1 kHz / hop 1024. Each
+#: window's statistics also cover a quarter window on each side.
+WIENER_WINDOW = 512
+
+
+@dataclass
+class SeparatedFile:
+    """What :meth:`Separator.separate_file` wrote.
+
+    ``paths``: stem -> output file; ``levels``: peaks, gain and clipping of the PCM output
+    (:class:`d3net.audio.io.StemLevels`); ``sample_rate``, ``channels`` and ``samples``
+    of the input (and of every stem).
+    """
+
+    paths: Dict[str, Path]
+    levels: io.StemLevels
+    sample_rate: int
+    channels: int
+    samples: int
 
 
 class Separator(nn.Module):
     """Separates songs with one magnitude network per target.
 
     Args:
-        models: target name -> network mapping a magnitude ``(batch, 2, 2049, frames)`` to
-            the same shape; each has a ``.config`` with ``test_patch_len`` and
-            ``out_shift``.
+        models: target name -> network mapping a magnitude ``(batch, channels, bins,
+            frames)`` to the same shape; each has a ``.config`` with ``patch_frames``,
+            ``out_shift`` and its signal processing (``sample_rate``, ``fft_size``,
+            ``hop_size``, ``audio_channels``; stand-ins without them get the official
+            44.1 kHz / 4096 / 1024 / stereo). All models must agree on the latter.
         wiener_iterations: 0 = magnitudes with the mixture phase, 1 = the official
             multichannel Wiener filter, more = EM iterations.
         channel_flip: also run every patch with the stereo channels swapped and average
-            (default: on, off in fast mode).
+            (default: on, off in fast mode; always off for mono models).
         compat: ``None`` (default) or ``"official"`` to reproduce the official
-            overlap-add normalisation exactly, quirk included, with PyTorch's native
-            float32 CPU kernels.
+            overlap-add normalisation and Wiener filter exactly, quirks included, with
+            PyTorch's native float32 CPU kernels.
         precision: ``"auto"`` (default: bfloat16 where the hardware computes it natively,
             float32 elsewhere), ``"float32"`` or ``"bfloat16"`` (~1e-3 relative change);
             see :func:`d3net.backends.resolve_precision`.
@@ -71,7 +110,7 @@ class Separator(nn.Module):
         mode: ``"default"`` (the official inference: channel flip, half-patch overlap) or
             ``"fast"`` (no flip, ``overlap=0``: about 4x fewer network runs).
         overlap: fraction of a patch shared with the next one (default: the model's
-            ``1 - out_shift / test_patch_len``, 0.5 for the official models; 0 in fast
+            ``1 - out_shift / patch_frames``, 0.5 for the official models; 0 in fast
             mode); the resulting shift must divide the patch (0, 0.5, 0.75, ...).
         cache_dir: where OpenVINO conversions are cached (default ``$D3NET_HOME``).
         batch_size: network inputs per call (flipped copies included), bounding the
@@ -81,14 +120,22 @@ class Separator(nn.Module):
         device: where the networks and the signal processing run (default: where the
             models are).
         progress: show a progress bar over the patches.
+        wiener_window: frames filtered with shared statistics (which also cover a quarter
+            window on each side), or ``None`` for the whole song. Default ``"auto"``:
+            :data:`WIENER_WINDOW`, or the whole song with ``compat="official"``.
 
     The separator owns its models: it moves them to its device and (on CPU, unless
     ``compat="official"``) to the channels-last memory layout.
+
+    Raises:
+        D3NetError: no models, unknown options, a model without a patch config, or models
+            that disagree on sample rate, FFT size, hop or channel count.
 
     Example::
 
         separator = Separator.from_pretrained("official-mss", device="cuda")
         stems = separator.separate(waveform, 44100)   # {"vocals": (channels, samples), ...}
+        separator.separate_file("song.mp3", "separated/song")     # long songs: in blocks
     """
 
     def __init__(self, models: Mapping[str, nn.Module], wiener_iterations: int = 1,
@@ -97,7 +144,8 @@ class Separator(nn.Module):
                  device: Union[str, torch.device, None] = None, progress: bool = False,
                  precision: str = "auto", backend: str = "auto", mode: str = "default",
                  overlap: Optional[float] = None,
-                 cache_dir: Union[str, os.PathLike, None] = None):
+                 cache_dir: Union[str, os.PathLike, None] = None,
+                 wiener_window: Union[int, None, str] = "auto"):
         super().__init__()
         if not models:
             raise D3NetError("a Separator needs at least one target model")
@@ -117,16 +165,29 @@ class Separator(nn.Module):
             raise D3NetError("compat 'official' runs the official patching; it cannot be "
                              "combined with fast mode or another overlap")
         self.overlap = None if overlap is None else float(overlap)
+        if wiener_window == "auto":
+            wiener_window = None if compat == "official" else WIENER_WINDOW
+        if wiener_window is not None and (isinstance(wiener_window, str)
+                                          or int(wiener_window) < 1):
+            raise D3NetError(f"wiener_window must be a number of frames >= 1 or None, got "
+                             f"{wiener_window!r}")
         for target, model in models.items():
             patch, shift = self._patch_shift(target, model)
             if patch % shift:
-                raise D3NetError(f"model {target}: test_patch_len {patch} is not a multiple "
+                raise D3NetError(f"model {target}: patch_frames {patch} is not a multiple "
                                  f"of the patch shift {shift} (choose another overlap)")
+        signals = {target: _signal(model) for target, model in models.items()}
+        if len(set(signals.values())) > 1:
+            raise D3NetError("the models disagree on their signal processing: " + "; ".join(
+                f"{t} {s.describe()}" for t, s in signals.items()))
+        self.signal = next(iter(signals.values()))
         self.models = nn.ModuleDict(dict(models))
         self.mode = mode
         self.wiener_iterations = int(wiener_iterations)
-        self.channel_flip = (mode != "fast") if channel_flip is None else bool(channel_flip)
+        flip = (mode != "fast") if channel_flip is None else bool(channel_flip)
+        self.channel_flip = flip and self.signal.channels == 2
         self.compat = compat
+        self.wiener_window = None if wiener_window is None else int(wiener_window)
         self._batch_size = None if batch_size is None else int(batch_size)
         self.progress = bool(progress)
         if device is None:
@@ -147,6 +208,11 @@ class Separator(nn.Module):
         """Where the networks run (follows ``.to(...)``)."""
         first = next(iter(self.models.parameters()), None)
         return first.device if first is not None else self._device
+
+    @property
+    def sample_rate(self) -> int:
+        """The models' sample rate in Hz (songs are resampled to it and back)."""
+        return self.signal.sample_rate
 
     @property
     def batch_size(self) -> int:
@@ -202,66 +268,157 @@ class Separator(nn.Module):
         separation model spec."""
         return cls.from_pretrained(path, targets=targets, device=device, **options)
 
-    def forward(self, waveform: Tensor, sample_rate: int = spectral.SAMPLE_RATE) -> Dict[str, Tensor]:
-        """Same as :meth:`separate`."""
-        return self.separate(waveform, sample_rate)
+    def forward(self, waveform: Tensor, sample_rate: Optional[int] = None) -> Dict[str, Tensor]:
+        """Same as :meth:`separate` (``sample_rate`` defaults to the models' rate)."""
+        return self.separate(waveform, self.sample_rate if sample_rate is None else sample_rate)
 
     def separate(self, waveform: Tensor, sample_rate: int,
                  accompaniment: bool = False) -> Dict[str, Tensor]:
-        """Separate a song.
+        """Separate a song held in memory.
 
         Args:
             waveform: ``(channels, samples)`` with 1 or 2 channels (or ``(samples,)``).
-            sample_rate: the waveform's rate in Hz; any rate (resampled to 44.1 kHz inside).
+            sample_rate: the waveform's rate in Hz; any rate (resampled to the models'
+                rate inside).
             accompaniment: also return ``"accompaniment"``: everything but the vocals,
                 i.e. drums + bass + other when all four are estimated; with a vocals-only
                 model, the residual.
 
         Returns:
             target -> float32 ``(channels, samples)`` at the input's rate, length, channel
-            count and device.
+            count and device. With the Wiener filter the stems add up to the input (as the
+            models' rate carries it: at other rates, up to the resampling round trip).
+
+        Raises:
+            D3NetError: not a mono/stereo float waveform, no samples, NaN/inf samples,
+                a bad sample rate, or ``accompaniment`` without a vocals model.
         """
         waveform = _check_waveform(waveform, sample_rate)
+        channels, length = waveform.shape
+        names = self._output_names(accompaniment)
+        parts: Dict[str, List[Tensor]] = {name: [] for name in names}
+        blocks = waveform.detach().float().cpu().split(io.BLOCK_SAMPLES, dim=-1)
+        for outputs in self._stream(blocks, channels, length, int(sample_rate), accompaniment):
+            for name, block in outputs.items():
+                parts[name].append(block)
+        return {name: torch.cat(blocks, dim=-1).to(waveform.device)
+                for name, blocks in parts.items()}
+
+    def separate_file(self, path: Union[str, os.PathLike], folder: Union[str, os.PathLike],
+                      accompaniment: bool = False, format: str = "wav", bits: int = 16,
+                      clip_mode: str = "rescale",
+                      block_samples: int = io.BLOCK_SAMPLES) -> SeparatedFile:
+        """Separate an audio file into ``folder/<stem>.<format>``, in blocks.
+
+        Reads, separates and writes ``block_samples`` samples at a time, so memory does not
+        grow with the song (see the module docstring). Each output appears atomically
+        (temporary file, renamed when complete); on any error no output is changed. Stems
+        above full scale in 16/24-bit output are rescaled or clipped (``clip_mode``, see
+        :class:`d3net.audio.io.StemWriter`) and a warning says which stem and by how much.
+
+        Args:
+            path: any file :class:`d3net.audio.io.AudioReader` reads (mp3/m4a via ffmpeg).
+            folder: output folder (created).
+            accompaniment: also write ``accompaniment`` (see :meth:`separate`).
+            format: ``"wav"`` or ``"flac"``.
+            bits: 16 or 24 (PCM) or 32 (float WAV, any level kept).
+            clip_mode: ``"rescale"`` (default: one gain for every stem of the song, so
+                they keep their balance and still add up) or ``"clamp"``.
+            block_samples: samples per block at the input's rate.
+
+        Returns:
+            A :class:`SeparatedFile`: the written paths and the output levels.
+
+        Raises:
+            D3NetError: an unreadable input (naming the file), a bad output format, or as
+                :meth:`separate`.
+        """
+        io.check_output_format(format, bits, clip_mode)
+        if block_samples < 1:
+            raise D3NetError(f"block_samples must be >= 1, got {block_samples}")
+        names = self._output_names(accompaniment)
+        path = Path(path)
+        with io.AudioReader(path) as reader:
+            channels, length, rate = reader.channels, reader.frames, reader.sample_rate
+            if channels not in (1, 2):
+                raise D3NetError(f"{path}: expected mono or stereo audio, got {channels} "
+                                 "channels (downmix it to stereo first)")
+            with io.StemWriter(folder, names, rate, channels, format=format, bits=bits,
+                               clip_mode=clip_mode) as writer:
+                for outputs in self._stream(reader.blocks(block_samples), channels, length,
+                                            rate, accompaniment):
+                    writer.write(outputs)
+                levels = writer.close()
+        message = levels.message()
+        if message:
+            warnings.warn(f"{path}: {message}", OutputLevelWarning, stacklevel=2)
+        return SeparatedFile({name: writer.path(name) for name in names}, levels, rate,
+                             channels, length)
+
+    def _output_names(self, accompaniment: bool) -> List[str]:
         if accompaniment and "vocals" not in self.targets:
             raise D3NetError("the accompaniment needs a vocals model (it is the mixture "
                              "minus the vocals)")
-        channels, length = waveform.shape
-        names = self.targets + (["accompaniment"] if accompaniment else [])
-        if not waveform.any():  # silent in, silent out (the networks' biases are not)
-            return {name: torch.zeros(channels, length, device=waveform.device)
-                    for name in names}
+        return self.targets + (["accompaniment"] if accompaniment else [])
 
-        audio = io.resample(waveform.detach().float().cpu(), sample_rate, spectral.SAMPLE_RATE)
-        audio = audio.to(self.device)
-        if channels == 1:
-            audio = audio.expand(2, -1)
-        mixture = spectral.stft(audio)                                  # (2, bins, frames)
-        magnitudes = self.separate_magnitudes(spectral.magnitude(mixture))
-        estimates = wiener(torch.stack([magnitudes[t] for t in self.targets]), mixture,
-                           iterations=self.wiener_iterations, residual=self.needs_residual)
-        stems = spectral.istft(estimates, length=audio.shape[-1])       # (sources, 2, samples)
+    def _stream(self, blocks: Iterable[Tensor], channels: int, length: int, sample_rate: int,
+                accompaniment: bool) -> Iterator[Dict[str, Tensor]]:
+        """The song's stems, in blocks, at the input's rate and channel count.
 
-        outputs = {t: stems[i] for i, t in enumerate(self.targets)}
-        if accompaniment:
-            rest = [stems[i] for i, t in enumerate(self.targets) if t != "vocals"]
-            if self.needs_residual:
-                rest.append(stems[len(self.targets)])
-            outputs["accompaniment"] = torch.stack(rest).sum(0)
-        return {name: self._to_input_format(stem, channels, length, sample_rate, waveform.device)
-                for name, stem in outputs.items()}
+        ``blocks``: float32 ``(channels, n)`` at ``sample_rate``, ``length`` samples in
+        all. Yields ``{name: (channels, n)}``, ``length`` samples per name in all.
+        """
+        if not int(sample_rate) > 0:
+            raise D3NetError(f"invalid sample rate {sample_rate}")
+        rate = self.sample_rate
+        # A song so short that it has no sample at the models' rate is padded with silence
+        # (and cropped again): it then gets the one STFT frame every short song gets.
+        padded = length
+        while io.resampled_length(padded, sample_rate, rate) < 1:
+            padded += 1
+        song = _Song(self, io.resampled_length(padded, sample_rate, rate),
+                     max(channels, self.signal.channels), accompaniment)
+        to_model = io.ResampleStream(sample_rate, rate, channels)
+        back = {name: io.ResampleStream(rate, sample_rate, song.channels)
+                for name in song.names}
+        remaining = {name: length for name in song.names}
 
-    @staticmethod
-    def _to_input_format(stem: Tensor, channels: int, length: int, sample_rate: int,
-                         device: torch.device) -> Tensor:
-        """``(2, samples at 44.1 kHz)`` -> ``(channels, length)`` at ``sample_rate``."""
-        stem = io.resample(stem.float().cpu(), spectral.SAMPLE_RATE, sample_rate)
-        if stem.shape[-1] >= length:
-            stem = stem[:, :length]
-        else:  # resampling may round one sample short
-            stem = torch.nn.functional.pad(stem, (0, length - stem.shape[-1]))
-        if channels == 1:
-            stem = stem.mean(dim=0, keepdim=True)
-        return stem.contiguous().to(device)
+        def emit(outputs: Dict[str, Tensor], last: bool) -> Dict[str, Tensor]:
+            result = {}
+            for name, stem in outputs.items():
+                stem = back[name].push(stem.float().cpu())
+                if last:
+                    stem = torch.cat([stem, back[name].finish()], dim=-1)
+                    short = remaining[name] - stem.shape[-1]
+                    if short > 0:  # resampling may round one sample short
+                        stem = torch.nn.functional.pad(stem, (0, short))
+                stem = stem[:, :remaining[name]]
+                remaining[name] -= stem.shape[-1]
+                if channels == 1 and stem.shape[0] != 1:
+                    stem = stem.mean(dim=0, keepdim=True)
+                result[name] = stem.contiguous()
+            return result
+
+        def feed(audio: Tensor) -> Iterator[Dict[str, Tensor]]:
+            outputs = song.push(audio.to(self.device))
+            if outputs:
+                yield emit(outputs, last=False)
+
+        received = 0
+        with self._progress_bar(song.total_batches) as song.bar:
+            for block in blocks:
+                received += block.shape[-1]
+                yield from feed(to_model.push(block.float()))
+            if received != length:
+                raise D3NetError(f"expected {length} samples, got {received}")
+            if padded > length:
+                yield from feed(to_model.push(torch.zeros(channels, padded - length)))
+            yield from feed(to_model.finish())
+            yield emit(song.finish(), last=True)
+
+    def _progress_bar(self, batches: int) -> tqdm:
+        return tqdm(total=batches, desc="separating", unit="batch", disable=not self.progress,
+                    leave=False)
 
     @torch.inference_mode()
     def separate_magnitudes(self, magnitude: Tensor) -> Dict[str, Tensor]:
@@ -271,37 +428,24 @@ class Separator(nn.Module):
         overlap-add, normalisation (see the module docstring for ``compat``).
 
         Args:
-            magnitude: ``(2, bins, frames)`` mixture magnitude.
+            magnitude: ``(channels, bins, frames)`` mixture magnitude, with the models'
+                channel count (or stereo for a mono model).
 
         Returns:
-            target -> ``(2, bins, frames)`` float32 magnitude estimate.
+            target -> ``(channels, bins, frames)`` float32 magnitude estimate.
         """
-        if magnitude.dim() != 3 or magnitude.shape[0] != 2:
-            raise D3NetError(f"expected a stereo magnitude (2, bins, frames), got shape "
-                             f"{tuple(magnitude.shape)}")
+        if magnitude.dim() != 3 or magnitude.shape[0] not in (self.signal.channels, 2):
+            raise D3NetError(f"expected a magnitude ({self.signal.channels}, bins, frames), "
+                             f"got shape {tuple(magnitude.shape)}")
         magnitude = magnitude.to(self.device, torch.float32)
-        plans = {t: _PatchPlan(magnitude.shape[-1], *self._patch_shift(t, m))
-                 for t, m in self.models.items()}
-        total = sum(-(-plan.patches // self._patches_per_group) for plan in plans.values())
-        with tqdm(total=total, desc="separating", unit="batch", disable=not self.progress,
-                  leave=False) as bar:
-            return {target: self._overlap_add(self.models[target], magnitude, plans[target], bar)
-                    for target in self.targets}
-
-    def _overlap_add(self, model: nn.Module, magnitude: Tensor, plan: "_PatchPlan",
-                     bar: tqdm) -> Tensor:
-        patch, shift = plan.patch, plan.shift
-        padded = torch.nn.functional.pad(magnitude, (plan.front, plan.back))
-        output = torch.zeros(*magnitude.shape[:2], plan.buffer, device=magnitude.device)
-        for starts in _chunks(range(0, plan.patches * shift, shift), self._patches_per_group):
-            batch = torch.stack([padded[..., s:s + patch] for s in starts])
-            for start, estimate in zip(starts, self._run(model, batch)):
-                output[..., start:start + patch] += estimate
-            bar.update()
-        output = output[..., plan.front:plan.front + plan.frames]
-        if self.compat == "official":
-            return output / plan.scale
-        return output / plan.coverage(magnitude.device)
+        frames = magnitude.shape[-1]
+        streams = {t: _PatchStream(self, t, frames) for t in self.targets}
+        with self._progress_bar(sum(s.groups for s in streams.values())) as bar:
+            outputs = {}
+            for target, stream in streams.items():
+                stream.bar = bar
+                outputs[target] = stream.push(magnitude)
+            return outputs
 
     def _patch_shift(self, target: str, model: nn.Module) -> tuple[int, int]:
         """``(patch, shift)`` in frames: the model's, or the shift set by ``overlap``."""
@@ -322,12 +466,165 @@ class Separator(nn.Module):
         return (out[:count] + out[count:].flip(1)) * 0.5
 
 
+class OutputLevelWarning(UserWarning):
+    """Stems above full scale were rescaled or clipped to fit integer PCM output."""
+
+
+@dataclass(frozen=True)
+class _Signal:
+    """A model's signal processing."""
+
+    sample_rate: int
+    n_fft: int
+    hop: int
+    channels: int
+
+    def describe(self) -> str:
+        return (f"{self.sample_rate} Hz, FFT {self.n_fft}, hop {self.hop}, "
+                f"{self.channels} channel{'s' if self.channels != 1 else ''}")
+
+
+def _signal(model: nn.Module) -> _Signal:
+    config = getattr(model, "config", None)
+    signal = _Signal(int(getattr(config, "sample_rate", spectral.SAMPLE_RATE)),
+                     int(getattr(config, "fft_size", spectral.N_FFT)),
+                     int(getattr(config, "hop_size", spectral.HOP)),
+                     int(getattr(config, "audio_channels", 2)))
+    if min(signal.sample_rate, signal.n_fft, signal.hop) < 1 or signal.hop > signal.n_fft \
+            or signal.channels not in (1, 2):
+        raise D3NetError(f"model {getattr(config, 'target', '?')}: unsupported signal "
+                         f"processing ({signal.describe()})")
+    return signal
+
+
+class _Song:
+    """One song through STFT, networks, Wiener filter and iSTFT, pushed in blocks.
+
+    Works at the models' rate on ``channels`` channels; ``samples`` in total.
+    :meth:`push` returns the stems' samples that are final (``{name: (channels, n)}``,
+    possibly empty), :meth:`finish` the rest.
+
+    What it holds between pushes: one STFT window of samples; the magnitudes from the
+    earliest frame a pending patch needs; each target's overlap-add buffer; the mixture
+    STFT and the finished estimates from the current Wiener window's context start; one
+    iSTFT window of samples.
+    """
+
+    def __init__(self, separator: Separator, samples: int, channels: int,
+                 accompaniment: bool):
+        signal = separator.signal
+        self.sep = separator
+        self.channels = channels
+        self.accompaniment = accompaniment
+        self.frames = spectral.num_frames(samples, signal.hop)
+        self.stft = spectral.StftStream(samples, signal.n_fft, signal.hop)
+        self.istft = spectral.IstftStream(samples, signal.n_fft, signal.hop)
+        self.patches = {t: _PatchStream(separator, t, self.frames) for t in separator.targets}
+        self.total_batches = sum(stream.groups for stream in self.patches.values())
+        self.bar: Optional[tqdm] = None
+        self.mixture = _Frames()
+        self.estimates = {t: _Frames() for t in separator.targets}
+        self.window = separator.wiener_window or self.frames
+        self.context = self.window // 4 if separator.wiener_window else 0
+        self.next_window = 0
+        self.names = separator._output_names(accompaniment)
+
+    @torch.inference_mode()
+    def push(self, audio: Tensor) -> Dict[str, Tensor]:
+        if audio.shape[0] != self.channels:
+            audio = audio.expand(self.channels, -1)
+        return self._advance(self.stft.push(audio))
+
+    @torch.inference_mode()
+    def finish(self) -> Dict[str, Tensor]:
+        outputs = self._advance(self.stft.finish())
+        tail = self._stems(self.istft.finish())
+        return {name: torch.cat([outputs[name], tail[name]], dim=-1) if name in outputs
+                else tail[name] for name in tail}
+
+    def _advance(self, spec: Tensor) -> Dict[str, Tensor]:
+        self.mixture.append(spec)
+        magnitude = spectral.magnitude(spec)
+        for target, stream in self.patches.items():
+            stream.bar = self.bar
+            self.estimates[target].append(stream.push(magnitude))
+        pieces = []
+        while self.next_window * self.window < self.frames:
+            core = self.next_window * self.window
+            core_end = min(core + self.window, self.frames)
+            start, end = max(0, core - self.context), min(self.frames, core_end + self.context)
+            if min(e.end for e in self.estimates.values()) < end or self.mixture.end < end:
+                break
+            pieces.append(self.istft.push(self._filter(start, end, core, core_end)))
+            self.next_window += 1
+            keep = max(0, core_end - self.context)
+            self.mixture.drop_before(keep)
+            for frames in self.estimates.values():
+                frames.drop_before(keep)
+        if not pieces:
+            return {}
+        return self._stems(torch.cat(pieces, dim=-1))
+
+    def _filter(self, start: int, end: int, core: int, core_end: int) -> Tensor:
+        """Complex ``(sources, channels, bins, core frames)`` of one Wiener window."""
+        sep = self.sep
+        magnitudes = torch.stack([self.estimates[t].get(start, end) for t in sep.targets])
+        filtered = wiener(magnitudes, self.mixture.get(start, end),
+                          iterations=sep.wiener_iterations, residual=sep.needs_residual,
+                          compat=sep.compat)
+        return filtered[..., core - start:core_end - start]
+
+    def _stems(self, stems: Tensor) -> Dict[str, Tensor]:
+        """``(sources, channels, n)`` -> ``{name: (channels, n)}``."""
+        targets = self.sep.targets
+        outputs = {t: stems[i] for i, t in enumerate(targets)}
+        if self.accompaniment:
+            rest = [stems[i] for i, t in enumerate(targets) if t != "vocals"]
+            if self.sep.needs_residual:
+                rest.append(stems[len(targets)])
+            outputs["accompaniment"] = torch.stack(rest).sum(0)
+        return outputs
+
+
+class _Frames:
+    """STFT frames ``(..., frames)`` of a song from frame ``start`` to ``end``."""
+
+    def __init__(self):
+        self.start = self.end = 0
+        self.data: Optional[Tensor] = None
+
+    def append(self, frames: Optional[Tensor]) -> None:
+        if frames is None or frames.shape[-1] == 0:
+            return
+        self.data = frames if self.data is None else torch.cat([self.data, frames], dim=-1)
+        self.end += frames.shape[-1]
+
+    def get(self, start: int, stop: int) -> Tensor:
+        """Frames ``[start, stop)``; those before frame 0 or after the last frame appended
+        (the song's padding) are zeros."""
+        if max(start, 0) < self.start:
+            raise AssertionError(f"frame {start} was dropped (held from {self.start})")
+        lo, hi = max(start, self.start), min(stop, self.end)
+        inner = self.data[..., lo - self.start:hi - self.start] if hi > lo else \
+            self.data[..., :0]
+        if lo == start and hi == stop:
+            return inner
+        return torch.nn.functional.pad(inner, (lo - start, stop - max(hi, lo)))
+
+    def drop_before(self, frame: int) -> None:
+        if self.data is not None and frame > self.start:
+            cut = min(frame, self.end) - self.start
+            self.data = self.data[..., cut:]
+            self.start += cut
+
+
 class _PatchPlan:
     """Frame bookkeeping of the official overlap-add helper for one target.
 
     The frames are padded with ``shift * (scale - 1)`` zeros in front and, behind, up to a
     whole number of patches plus one more (``scale * shift``) zeros; patches start every
-    ``shift`` frames, ``(frames + zmod) / shift`` of them.
+    ``shift`` frames, ``(frames + zmod) / shift`` of them. Patch ``p`` covers the song's
+    frames ``[p * shift - front, p * shift - front + patch)``.
     """
 
     def __init__(self, frames: int, patch: int, shift: int):
@@ -339,23 +636,106 @@ class _PatchPlan:
         self.back = zmod + shift * self.scale
         self.buffer = self.front + frames + self.back
 
-    def coverage(self, device: torch.device) -> Tensor:
-        """How many patches cover each of the song's frames, ``(frames,)``."""
-        counts = torch.zeros(self.buffer, device=device)
-        for start in range(0, self.patches * self.shift, self.shift):
-            counts[start:start + self.patch] += 1
-        return counts[self.front:self.front + self.frames]
+    def first_frame(self, patch: int) -> int:
+        """The song frame where patch ``patch`` starts (negative: in the front padding)."""
+        return patch * self.shift - self.front
+
+    def coverage(self, start: int, stop: int, device: torch.device) -> Tensor:
+        """How many patches cover each of the song's frames ``[start, stop)``."""
+        padded = torch.arange(start, stop, device=device) + self.front
+        first = torch.clamp(torch.div(padded - self.patch, self.shift, rounding_mode="floor")
+                            + 1, min=0)
+        last = torch.clamp(torch.div(padded, self.shift, rounding_mode="floor"),
+                           max=self.patches - 1)
+        return (last - first + 1).clamp(min=0).float()
+
+
+class _PatchStream:
+    """One target's network over a song's magnitude frames, pushed in blocks.
+
+    Patches run in groups of ``separator._patches_per_group`` consecutive patches (the same
+    groups whatever the block size, so the networks see the same batches); a frame's
+    estimate is final once every patch covering it has run. Holds the magnitudes from the
+    next pending patch's first frame and the overlap-add buffer of the patches run.
+    """
+
+    def __init__(self, separator: Separator, target: str, frames: int):
+        self.sep = separator
+        self.model = separator.models[target]
+        self.plan = _PatchPlan(frames, *separator._patch_shift(target, self.model))
+        self.group = separator._patches_per_group
+        self.groups = -(-self.plan.patches // self.group)
+        self.next_patch = 0
+        self.magnitude = _Frames()
+        self.output = _Frames()      # overlap-add sums, from the first frame not yet emitted
+        self.bar: Optional[tqdm] = None
+
+    def push(self, magnitude: Tensor) -> Optional[Tensor]:
+        """Add the next mixture magnitude frames ``(channels, bins, n)``; return the
+        estimate frames ``(channels, bins, m)`` that became final (``None``: none)."""
+        self.magnitude.append(magnitude)
+        plan = self.plan
+        while self.next_patch < plan.patches:
+            last = min(self.next_patch + self.group, plan.patches) - 1
+            needed = min(plan.frames, plan.first_frame(last) + plan.patch)
+            if self.magnitude.end < needed:
+                break
+            self._run_group(range(self.next_patch, last + 1))
+            self.next_patch = last + 1
+        return self._emit()
+
+    def _run_group(self, patches: range) -> None:
+        plan, sep = self.plan, self.sep
+        starts = [plan.first_frame(p) for p in patches]
+        batch = torch.stack([self.magnitude.get(s, s + plan.patch) for s in starts])
+        channels = batch.shape[1]
+        model_channels = sep.signal.channels
+        if model_channels == 1 and channels != 1:
+            batch = batch.mean(dim=1, keepdim=True)
+        estimates = sep._run(self.model, batch)
+        if estimates.shape[1] != channels:
+            estimates = estimates.expand(-1, channels, -1, -1)
+        self._add(starts, estimates)
+        if self.bar is not None:
+            self.bar.update()
+        self.magnitude.drop_before(plan.first_frame(patches[-1] + 1))
+
+    def _add(self, starts: List[int], estimates: Tensor) -> None:
+        """Overlap-add patch outputs into the song's frames ``[0, frames)``."""
+        plan, output = self.plan, self.output
+        end = min(plan.frames, starts[-1] + plan.patch)
+        if end > output.end:
+            output.append(estimates.new_zeros(*estimates.shape[1:-1], end - output.end))
+        for start, estimate in zip(starts, estimates):
+            lo, hi = max(start, 0), min(start + plan.patch, plan.frames)
+            if hi > lo:
+                output.data[..., lo - output.start:hi - output.start] += \
+                    estimate[..., lo - start:hi - start]
+
+    def _emit(self) -> Optional[Tensor]:
+        plan, output = self.plan, self.output
+        done = plan.frames if self.next_patch >= plan.patches else \
+            max(0, plan.first_frame(self.next_patch))
+        start = output.start
+        if output.data is None or min(done, output.end) <= start:
+            return None
+        done = min(done, output.end)
+        frames = output.get(start, done)
+        output.drop_before(done)
+        if self.sep.compat == "official":
+            return frames / plan.scale
+        return frames / plan.coverage(start, done, frames.device)
 
 
 def _patching(target: str, model: nn.Module) -> tuple[int, int]:
     config = getattr(model, "config", None)
     try:
-        patch, shift = int(config.test_patch_len), int(config.out_shift)
+        patch, shift = int(config.patch_frames), int(config.out_shift)
     except (AttributeError, TypeError, ValueError):
-        raise D3NetError(f"model {target}: needs a .config with test_patch_len and "
+        raise D3NetError(f"model {target}: needs a .config with patch_frames and "
                          "out_shift (is it a music separation model?)") from None
     if patch <= 0 or shift <= 0 or shift > patch:
-        raise D3NetError(f"model {target}: invalid test_patch_len {patch} / out_shift {shift}")
+        raise D3NetError(f"model {target}: invalid patch_frames {patch} / out_shift {shift}")
     return patch, shift
 
 
@@ -380,9 +760,3 @@ def _check_waveform(waveform: Tensor, sample_rate: int) -> Tensor:
     if not torch.isfinite(waveform).all():
         raise D3NetError("the audio contains NaN or infinite samples")
     return waveform
-
-
-def _chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
-    items = list(items)
-    for i in range(0, len(items), size):
-        yield items[i:i + size]

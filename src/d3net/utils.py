@@ -195,11 +195,10 @@ def check_unique_outputs(pairs: Iterable[Tuple[PathLike, str]],
 def exact_float32() -> Iterator[None]:
     """Run CPU convolutions through PyTorch's native (im2col + BLAS) kernels, not oneDNN.
 
-    oneDNN's float32 convolutions accumulate in an order that loses a few more bits. That
-    is harmless for trained models but matters when reproducing the official outputs of the
-    randomly initialised parity fixtures, whose activations reach 1e7..1e11 and whose
-    output gate then sits on a knife edge (the bass fixture flips one gate with oneDNN:
-    relative error 0.12 instead of 1.5e-5). Used by the parity tests and ``compat="official"``.
+    Used by ``compat="official"`` (:class:`d3net.separate.Separator`) and the benchmarks.
+    It is not needed for parity: with the official fixtures' calibrated weights both the
+    native kernels and oneDNN (PyTorch's default) reproduce every official output to 1e-4
+    relative (tests/test_convert.py runs both).
     """
     with warnings.catch_warnings():
         # torch warns about oneDNN TF32 on Intel GPUs whenever these flags are set

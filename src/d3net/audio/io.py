@@ -1,18 +1,28 @@
-"""Reading, writing and resampling audio.
+"""Reading, writing and resampling audio, whole or in blocks.
 
 Waveforms are float32 tensors ``(channels, samples)``. WAV, FLAC, OGG and AIFF go through
 soundfile; compressed and container formats (mp3, m4a, mp4, MUSDB's ``.stem.mp4``) are
 decoded by an ``ffmpeg`` subprocess when ``ffmpeg`` is on the PATH. Every problem a user
 can fix is raised as a one-line :class:`~d3net.errors.D3NetError` naming the file.
+
+Long files are read, resampled and written in blocks so that memory does not grow with the
+song: :class:`AudioReader` (blocks of a file; ffmpeg formats are first decoded to a
+temporary float WAV on disk, 10.6 MB per stereo minute, since their decoders cannot seek
+and length is only known after decoding), :class:`ResampleStream` (soxr's streaming
+resampler, identical to :func:`resample` on the whole) and :class:`StemWriter` (the stems
+of one song streamed to their files, atomically, with :data:`CLIP_MODES` for PCM output).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import soundfile
@@ -21,9 +31,7 @@ import torch
 from torch import Tensor
 
 from d3net.errors import D3NetError
-from d3net.utils import atomic_path
-
-PathLike = Union[str, os.PathLike]
+from d3net.utils import PathLike, atomic_path
 
 #: Suffixes decoded by ffmpeg first (soundfile is only a fallback for these).
 FFMPEG_SUFFIXES = {".mp3", ".m4a", ".mp4", ".aac", ".opus", ".wma", ".webm", ".mkv", ".mov"}
@@ -32,6 +40,12 @@ SAVE_SUBTYPES = {
     "wav": {16: "PCM_16", 24: "PCM_24", 32: "FLOAT"},
     "flac": {16: "PCM_16", 24: "PCM_24"},
 }
+#: What :class:`StemWriter` does with stems above full scale in 16/24-bit output:
+#: ``rescale`` every stem of the song by one gain so the loudest peak fits (the stems keep
+#: their balance and still add up to the song, scaled), ``clamp`` clip the samples.
+CLIP_MODES = ("rescale", "clamp")
+#: Samples per block when reading and writing in blocks (about 3 s at 44.1 kHz).
+BLOCK_SAMPLES = 2 ** 17
 
 
 def ffmpeg_available() -> bool:
@@ -40,7 +54,7 @@ def ffmpeg_available() -> bool:
 
 
 def load(path: PathLike) -> tuple[Tensor, int]:
-    """Read an audio file.
+    """Read a whole audio file.
 
     Args:
         path: any format soundfile reads (wav, flac, ogg, aiff, ...), or with ffmpeg
@@ -54,61 +68,120 @@ def load(path: PathLike) -> tuple[Tensor, int]:
         D3NetError: missing, empty, unreadable or non-audio file; audio with no samples;
             NaN or infinite samples; a format that needs ffmpeg when it is not installed.
     """
-    path = Path(path)
-    if not path.exists():
-        raise D3NetError(f"{path}: no such file")
-    if path.is_dir():
-        raise D3NetError(f"{path}: is a directory, not an audio file")
-    if path.stat().st_size == 0:
-        raise D3NetError(f"{path}: empty file")
-
-    data, sample_rate = _decode(path)
-    if data.shape[0] == 0 or data.shape[1] == 0:
-        raise D3NetError(f"{path}: contains no audio samples (zero length)")
-    if not np.isfinite(data).all():
-        raise D3NetError(f"{path}: contains NaN or infinite samples")
-    return torch.from_numpy(np.ascontiguousarray(data.T, dtype=np.float32)), int(sample_rate)
+    with AudioReader(path) as reader:
+        blocks = list(reader.blocks())
+        return torch.cat(blocks, dim=-1), reader.sample_rate
 
 
-def _decode(path: Path) -> tuple[np.ndarray, int]:
-    """``(samples, channels)`` float32 array and rate, trying the suitable decoders."""
-    prefers_ffmpeg = path.suffix.lower() in FFMPEG_SUFFIXES
-    decoders = [_read_soundfile]
-    if ffmpeg_available():
-        decoders = [_read_ffmpeg, _read_soundfile] if prefers_ffmpeg else [
-            _read_soundfile, _read_ffmpeg]
-    reasons = []
-    for decoder in decoders:
+class AudioReader:
+    """An audio file read in blocks: ``with AudioReader(path) as r: for b in r.blocks(): ...``.
+
+    Attributes (after opening): ``sample_rate`` (Hz), ``channels``, ``frames`` (samples per
+    channel). Formats soundfile reads are read directly; the others (see
+    :data:`FFMPEG_SUFFIXES`) are decoded by ffmpeg into a temporary 32-bit float WAV first,
+    removed on closing.
+
+    Raises:
+        D3NetError: on opening, as :func:`load`; while reading, NaN or infinite samples or
+            a file shorter than its header says.
+    """
+
+    def __init__(self, path: PathLike):
+        self.path = Path(path)
+        self._file: Optional[soundfile.SoundFile] = None
+        self._tmp: Optional[tempfile.TemporaryDirectory] = None
+
+    def __enter__(self) -> "AudioReader":
+        path = self.path
+        if not path.exists():
+            raise D3NetError(f"{path}: no such file")
+        if path.is_dir():
+            raise D3NetError(f"{path}: is a directory, not an audio file")
+        if path.stat().st_size == 0:
+            raise D3NetError(f"{path}: empty file")
         try:
-            return decoder(path)
-        except _DecodeFailed as failure:
-            reasons.append(str(failure))
-    if prefers_ffmpeg and not ffmpeg_available():
-        raise D3NetError(
-            f"{path}: reading {path.suffix} files needs ffmpeg, which is not installed "
-            "(install it, e.g. `apt-get install ffmpeg`, or convert the file to WAV/FLAC)")
-    detail = reasons[0] if reasons else "unknown format"
-    raise D3NetError(f"{path}: not a readable audio file ({detail})")
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+        if self.frames == 0 or self.channels == 0:
+            self.close()
+            raise D3NetError(f"{path}: contains no audio samples (zero length)")
+        return self
 
+    def __exit__(self, *exc) -> None:
+        self.close()
 
-class _DecodeFailed(Exception):
-    pass
+    @property
+    def sample_rate(self) -> int:
+        return int(self._file.samplerate)
 
+    @property
+    def channels(self) -> int:
+        return int(self._file.channels)
 
-def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
-    try:
-        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
-        raise _DecodeFailed(_one_line(str(error)) or type(error).__name__) from None
-    return data, rate
+    @property
+    def frames(self) -> int:
+        return int(self._file.frames)
 
+    def blocks(self, size: int = BLOCK_SAMPLES) -> Iterator[Tensor]:
+        """Float32 ``(channels, <= size)`` blocks from the start, ``frames`` in total."""
+        self._file.seek(0)
+        read = 0
+        while read < self.frames:
+            data = self._file.read(min(size, self.frames - read), dtype="float32",
+                                   always_2d=True)
+            if data.shape[0] == 0:
+                raise D3NetError(f"{self.path}: ends after {read} of the {self.frames} "
+                                 "samples its header announces (truncated file?)")
+            if not np.isfinite(data).all():
+                raise D3NetError(f"{self.path}: contains NaN or infinite samples")
+            read += data.shape[0]
+            yield torch.from_numpy(np.ascontiguousarray(data.T))
 
-def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
-    """Decode the first audio stream with ffmpeg into a temporary float WAV."""
-    with tempfile.TemporaryDirectory(prefix="d3net-ffmpeg-") as tmp:
-        wav = Path(tmp) / "decoded.wav"
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def _open(self) -> None:
+        """Open with the suitable decoders in turn; one-line error naming the file."""
+        path = self.path
+        prefers_ffmpeg = path.suffix.lower() in FFMPEG_SUFFIXES
+        openers = [self._open_soundfile]
+        if ffmpeg_available():
+            openers = [self._open_ffmpeg, self._open_soundfile] if prefers_ffmpeg else [
+                self._open_soundfile, self._open_ffmpeg]
+        reasons = []
+        for opener in openers:
+            try:
+                opener(path)
+                return
+            except _DecodeFailed as failure:
+                reasons.append(str(failure))
+        if prefers_ffmpeg and not ffmpeg_available():
+            raise D3NetError(
+                f"{path}: reading {path.suffix} files needs ffmpeg, which is not installed "
+                "(install it, e.g. `apt-get install ffmpeg`, or convert the file to WAV/FLAC)")
+        detail = reasons[0] if reasons else "unknown format"
+        raise D3NetError(f"{path}: not a readable audio file ({detail})")
+
+    def _open_soundfile(self, path: Path) -> None:
+        try:
+            self._file = soundfile.SoundFile(str(path))
+        except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+            raise _DecodeFailed(_one_line(str(error)) or type(error).__name__) from None
+
+    def _open_ffmpeg(self, path: Path) -> None:
+        """Decode the first audio stream with ffmpeg into a temporary float WAV."""
+        self._tmp = tempfile.TemporaryDirectory(prefix="d3net-ffmpeg-")
+        wav = Path(self._tmp.name) / "decoded.wav"
+        # rf64 lifts the 4 GB WAV limit (songs over ~3.3 hours in stereo float)
         command = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0",
-                   "-vn", "-c:a", "pcm_f32le", "-f", "wav", str(wav)]
+                   "-vn", "-c:a", "pcm_f32le", "-rf64", "auto", "-f", "wav", str(wav)]
         try:
             result = subprocess.run(command, capture_output=True, text=True)
         except OSError as error:
@@ -116,7 +189,11 @@ def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
         if result.returncode != 0 or not wav.exists():
             lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
             raise _DecodeFailed("ffmpeg: " + (_one_line(lines[-1]) if lines else "failed"))
-        return _read_soundfile(wav)
+        self._open_soundfile(wav)
+
+
+class _DecodeFailed(Exception):
+    pass
 
 
 def _one_line(text: str) -> str:
@@ -138,6 +215,234 @@ def resample(waveform: Tensor, from_rate: int, to_rate: int) -> Tensor:
     out = soxr.resample(np.ascontiguousarray(data), from_rate, to_rate, quality="HQ")
     out = np.ascontiguousarray(np.asarray(out).reshape(-1, waveform.shape[0]).T)
     return torch.from_numpy(out).to(waveform.device)
+
+
+def resampled_length(samples: int, from_rate: int, to_rate: int) -> int:
+    """Samples :func:`resample` and :class:`ResampleStream` give for ``samples`` samples."""
+    if from_rate == to_rate:
+        return samples
+    return int(samples * to_rate / from_rate + 0.5)
+
+
+class ResampleStream:
+    """:func:`resample` of a signal pushed in blocks (soxr's streaming resampler, HQ).
+
+    The concatenated outputs of :meth:`push` and :meth:`finish` equal :func:`resample` of
+    the whole signal exactly, :func:`resampled_length` samples in total. The identity when
+    the rates are equal.
+    """
+
+    def __init__(self, from_rate: int, to_rate: int, channels: int):
+        if from_rate <= 0 or to_rate <= 0:
+            raise D3NetError(f"invalid sample rate: {from_rate} -> {to_rate} Hz")
+        self.channels = channels
+        self._soxr = None if from_rate == to_rate else soxr.ResampleStream(
+            from_rate, to_rate, channels, dtype="float32", quality="HQ")
+
+    def push(self, block: Tensor) -> Tensor:
+        """Resample float32 ``(channels, samples)``; returns what is ready."""
+        return self._process(block, last=False)
+
+    def finish(self) -> Tensor:
+        """Flush the resampler: the last samples ``(channels, samples)``."""
+        return self._process(torch.zeros(self.channels, 0), last=True)
+
+    def _process(self, block: Tensor, last: bool) -> Tensor:
+        if self._soxr is None:
+            return block
+        data = np.ascontiguousarray(block.detach().to("cpu", torch.float32).numpy().T)
+        out = self._soxr.resample_chunk(data, last=last)
+        return torch.from_numpy(np.ascontiguousarray(out.reshape(-1, self.channels).T))
+
+
+@dataclass
+class StemLevels:
+    """What :class:`StemWriter` did about samples above full scale (1.0).
+
+    ``peaks``: stem -> largest absolute sample (before any gain); ``clipped``: stem ->
+    samples clipped (``clamp``); ``gain``: the gain applied to every stem (``rescale``; 1.0
+    when nothing was above full scale); ``samples``: samples per stem, channels included.
+    """
+
+    peaks: Dict[str, float] = field(default_factory=dict)
+    clipped: Dict[str, int] = field(default_factory=dict)
+    gain: float = 1.0
+    samples: int = 0
+    bits: int = 16
+
+    @property
+    def over(self) -> List[str]:
+        """Stems with samples above full scale."""
+        return [name for name, peak in self.peaks.items() if peak > 1.0]
+
+    def message(self) -> Optional[str]:
+        """One line describing the change, or ``None`` when nothing changed (nothing above
+        full scale, or float output, which keeps any level)."""
+        over = self.over
+        if not over or self.bits == 32:
+            return None
+        peaks = ", ".join(f"{name} peaks at {_dbfs(self.peaks[name])}" for name in over)
+        if self.gain != 1.0:
+            return (f"{peaks}: every stem scaled by {20 * np.log10(self.gain):.1f} dB to fit "
+                    f"{self.bits}-bit PCM (--clip-mode clamp clips instead, --bits 32 keeps "
+                    "the level)")
+        clipped = ", ".join(
+            f"{name} {self.clipped.get(name, 0):,} samples "
+            f"({100 * self.clipped.get(name, 0) / max(self.samples, 1):.2g}%)" for name in over)
+        return (f"{peaks}; clipped at full scale: {clipped} (--clip-mode rescale keeps the "
+                "waveform, --bits 32 the level)")
+
+
+def _dbfs(peak: float) -> str:
+    return f"{20 * np.log10(peak):+.1f} dBFS"
+
+
+class StemWriter:
+    """The stems of one song streamed to ``folder/<name>.<format>``, atomically.
+
+    Use as a context manager: :meth:`write` blocks as they come, :meth:`close` (or leaving
+    the ``with`` block normally) finishes the files; an exception leaves every existing
+    output untouched and removes the temporary files.
+
+    Float output (``bits=32``) goes straight to each file's temporary twin. PCM output
+    (16/24 bits) needs the song's peak before the first sample is written (``rescale``), so
+    the stems are first streamed to temporary float WAVs beside the outputs, then converted
+    in blocks with the gain (``rescale``) or clipping (``clamp``) applied; the disk holds
+    the float copies (10.6 MB per stereo minute and stem) until then.
+
+    Args:
+        folder: output folder (created).
+        names: the stems, in order.
+        sample_rate: Hz.
+        channels: channels per stem.
+        format: ``"wav"`` or ``"flac"``.
+        bits: 16, 24 or 32 (float WAV).
+        clip_mode: one of :data:`CLIP_MODES` (PCM only; float output keeps any level).
+
+    Raises:
+        D3NetError: an unknown format, clip mode or a bit depth the format lacks.
+    """
+
+    def __init__(self, folder: PathLike, names: Sequence[str], sample_rate: int,
+                 channels: int, format: str = "wav", bits: int = 16,
+                 clip_mode: str = "rescale"):
+        check_output_format(format, bits, clip_mode)
+        self.folder = Path(folder)
+        self.names = list(names)
+        self.sample_rate, self.channels = int(sample_rate), int(channels)
+        self.format, self.bits, self.clip_mode = format, bits, clip_mode
+        self.levels = StemLevels(peaks={name: 0.0 for name in self.names}, bits=bits)
+        self._stack: Optional[contextlib.ExitStack] = None
+        self._files: Dict[str, soundfile.SoundFile] = {}
+        self._floats: Dict[str, Path] = {}
+
+    def path(self, name: str) -> Path:
+        """Where stem ``name`` ends up."""
+        return self.folder / f"{name}.{self.format}"
+
+    def __enter__(self) -> "StemWriter":
+        self._stack = contextlib.ExitStack()
+        try:
+            if not self.folder.is_dir():  # leave no empty folder behind on failure
+                self.folder.mkdir(parents=True)
+                self._stack.callback(_remove_if_empty, self.folder)
+            for name in self.names:
+                if self.bits == 32:
+                    tmp = self._stack.enter_context(atomic_path(self.path(name)))
+                    self._files[name] = soundfile.SoundFile(
+                        str(tmp), "w", self.sample_rate, self.channels, subtype="FLOAT",
+                        format="WAV")
+                else:
+                    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".float.wav.part",
+                                               dir=self.folder)
+                    os.close(fd)
+                    self._floats[name] = Path(tmp)
+                    self._stack.callback(_remove, Path(tmp))
+                    self._files[name] = soundfile.SoundFile(
+                        tmp, "w", self.sample_rate, self.channels, subtype="FLOAT",
+                        format="RF64")
+                self._stack.callback(self._files[name].close)
+        except BaseException:
+            self._stack.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def write(self, blocks: Dict[str, Tensor]) -> None:
+        """Append ``(channels, samples)`` to each stem (all stems the same length)."""
+        for name, block in blocks.items():
+            data = np.ascontiguousarray(block.detach().to("cpu", torch.float32).numpy().T)
+            if data.size:
+                self.levels.peaks[name] = max(self.levels.peaks[name], float(np.abs(data).max()))
+            self._files[name].write(data)
+        if blocks:
+            self.levels.samples += next(iter(blocks.values())).numel()
+
+    def close(self) -> StemLevels:
+        """Finish every file (PCM: convert with the gain or clipping) and rename it."""
+        stack, self._stack = self._stack, None
+        with stack:
+            for file in self._files.values():
+                file.close()
+            if self.bits != 32:
+                self._convert()
+        return self.levels
+
+    def __exit__(self, kind, error, trace) -> None:
+        if self._stack is None:
+            return
+        if kind is None:
+            self.close()
+        else:
+            stack, self._stack = self._stack, None
+            stack.__exit__(kind, error, trace)
+
+    def _convert(self) -> None:
+        peak = max(self.levels.peaks.values(), default=0.0)
+        if self.clip_mode == "rescale" and peak > 1.0:
+            self.levels.gain = 1.0 / peak
+        subtype = SAVE_SUBTYPES[self.format][self.bits]
+        with contextlib.ExitStack() as renames:  # every file renamed once all are written
+            for name in self.names:
+                tmp = renames.enter_context(atomic_path(self.path(name)))
+                clipped = 0
+                with soundfile.SoundFile(str(self._floats[name])) as source, \
+                        soundfile.SoundFile(str(tmp), "w", self.sample_rate, self.channels,
+                                            subtype=subtype,
+                                            format=self.format.upper()) as target:
+                    for data in source.blocks(BLOCK_SAMPLES, dtype="float32", always_2d=True):
+                        if self.levels.gain != 1.0:
+                            data = data * np.float32(self.levels.gain)
+                        over = np.abs(data) > 1.0
+                        if over.any():
+                            clipped += int(over.sum())
+                            data = np.clip(data, -1.0, 1.0)
+                        target.write(data)
+                _remove(self._floats[name])
+                self.levels.clipped[name] = clipped
+
+
+def check_output_format(format: str, bits: int, clip_mode: str = "rescale") -> None:
+    """Raise a one-line :class:`D3NetError` for an output the writers cannot make."""
+    if format not in SAVE_SUBTYPES:
+        raise D3NetError(f"cannot write '{format}' files; use one of "
+                         + ", ".join(SAVE_SUBTYPES))
+    if bits not in SAVE_SUBTYPES[format]:
+        allowed = " or ".join(str(b) for b in SAVE_SUBTYPES[format])
+        raise D3NetError(f"{format.upper()} supports {allowed} bits, not {bits}"
+                         + (" (use wav for 32-bit float)" if bits == 32 else ""))
+    if clip_mode not in CLIP_MODES:
+        raise D3NetError(f"unknown clip mode {clip_mode!r}; expected one of "
+                         + ", ".join(CLIP_MODES))
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def save(path: PathLike, waveform: Tensor, sample_rate: int, bits: int = 16) -> None:

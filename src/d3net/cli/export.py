@@ -23,7 +23,7 @@ def register(subparsers) -> None:
                    help="output file (.onnx or .xml) for one model file, else a folder that "
                         "gets <target>.onnx or <target>.xml/.bin")
     p.add_argument("--frames", type=int, default=None,
-                   help="frames of the traced example (default: the model's test_patch_len)")
+                   help="frames of the traced example (default: the model's patch_frames)")
     add_quiet(p)
     p.set_defaults(func=run)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from . import add_model_option, add_quiet, model_spec
@@ -50,7 +51,12 @@ def register(subparsers) -> None:
                    help="also write accompaniment (drums+bass+other, or the residual)")
     p.add_argument("--format", choices=["wav", "flac"], default="wav")
     p.add_argument("--bits", type=int, choices=[16, 24, 32], default=16,
-                   help="16/24-bit PCM, or 32 = 32-bit float WAV (FLAC: 16 or 24)")
+                   help="16/24-bit PCM, or 32 = 32-bit float WAV, which keeps any level "
+                   "(FLAC: 16 or 24)")
+    p.add_argument("--clip-mode", choices=["rescale", "clamp"], default="rescale",
+                   help="stems above full scale in 16/24-bit output: rescale = one gain for "
+                   "all stems of the song so the loudest fits (default; the stems still add "
+                   "up), clamp = clip the samples; either way a warning names the stem")
     p.add_argument("--batch-size", type=int, default=None,
                    help="network inputs per call, flipped copies included (default: 1 on CPU, "
                    "where it is fastest, 16 on GPU)")
@@ -89,9 +95,8 @@ def output_folders(inputs: list[Path], out_root: Path, fmt: str) -> dict[Path, P
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..audio import io
     from ..errors import D3NetError
-    from ..separate import Separator
+    from ..separate import OutputLevelWarning, Separator
     from ..utils import check_writable, resolve_device
 
     if args.format == "flac" and args.bits == 32:
@@ -115,9 +120,13 @@ def run(args: argparse.Namespace) -> int:
 
     failures = []
     for path in tqdm(inputs, desc="songs", unit="song", disable=args.quiet or len(inputs) == 1):
+        folder = folders[path]
         try:
-            waveform, rate = io.load(path)
-            stems = separator.separate(waveform, rate, accompaniment=args.accompaniment)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", OutputLevelWarning)
+                result = separator.separate_file(
+                    path, folder, accompaniment=args.accompaniment, format=args.format,
+                    bits=args.bits, clip_mode=args.clip_mode)
         except D3NetError as error:
             message = str(error) if str(error).startswith(str(path)) else f"{path}: {error}"
             if len(inputs) == 1:
@@ -125,11 +134,14 @@ def run(args: argparse.Namespace) -> int:
             failures.append(message)
             tqdm.write(f"d3net separate: skipped {message}", file=sys.stderr)
             continue
-        folder = folders[path]
-        for name, stem in stems.items():
-            io.save(folder / f"{name}.{args.format}", stem, rate, bits=args.bits)
+        for warning in caught:  # said even with -q: the output is not what was computed
+            if issubclass(warning.category, OutputLevelWarning):
+                tqdm.write(f"d3net separate: warning: {warning.message}", file=sys.stderr)
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                       warning.lineno)
         if not args.quiet:
-            tqdm.write(f"{path} -> {folder}/ ({', '.join(stems)})")
+            tqdm.write(f"{path} -> {folder}/ ({', '.join(result.paths)})")
     if failures:
         raise D3NetError(f"{len(failures)} of {len(inputs)} inputs failed (see above)")
     return 0
