@@ -1,9 +1,11 @@
 """Model builders and the d3net model file format.
 
 Builders (torchvision style): :func:`d3net_s`, :func:`d3net_l`, :func:`d3net_mss`,
-:func:`create` for any config. A *model file* is one ``.safetensors`` holding the weights
-(parameters and BatchNorm statistics) with the full config as JSON in its metadata, so
-:func:`load` rebuilds the model from the file alone.
+:func:`create` for any config; their ``recompute=`` (and :func:`set_recompute` on an
+existing model) switches memory-efficient training on, a runtime setting that is not
+saved. A *model file* is one ``.safetensors`` holding the weights (parameters and
+BatchNorm statistics) with the full config as JSON in its metadata, so :func:`load`
+rebuilds the model from the file alone.
 """
 from __future__ import annotations
 
@@ -18,38 +20,46 @@ from torch import nn
 from ..configs import (MSSConfig, SegConfig, TARGETS, describe, from_dict, load_config,
                        preset, to_dict)
 from ..errors import D3NetError
+from ..nn import RECOMPUTE_MODES, recompute_mode, set_recompute
 from .segmentation import D3NetSegmentation
 from .separation import D3NetMSS
 
 __all__ = ["D3NetSegmentation", "D3NetMSS", "d3net_s", "d3net_l", "d3net_mss", "create",
-           "load", "save", "count_parameters", "fingerprint", "FORMAT_NAME"]
+           "load", "save", "count_parameters", "fingerprint", "set_recompute",
+           "recompute_mode", "RECOMPUTE_MODES", "FORMAT_NAME"]
 
 FORMAT_NAME = "d3net"
 FORMAT_VERSION = "1"
 
 
-def d3net_s(num_classes: int = 19, head: str = "fcn", dilation: str = "multi") -> D3NetSegmentation:
-    """D3Net-S (9.7 M parameters with the FCN head and 19 classes)."""
+def d3net_s(num_classes: int = 19, head: str = "fcn", dilation: str = "multi",
+            recompute: Union[bool, str, None] = False) -> D3NetSegmentation:
+    """D3Net-S (9.7 M parameters with the FCN head and 19 classes). ``recompute``: see
+    :func:`set_recompute`."""
     config = preset("d3net-s")
     config.num_classes, config.head, config.dilation = num_classes, head, dilation
-    return D3NetSegmentation(SegConfig(**_init_fields(config)))
+    return D3NetSegmentation(SegConfig(**_init_fields(config)), recompute=recompute)
 
 
-def d3net_l(num_classes: int = 19, head: str = "fcn", dilation: str = "multi") -> D3NetSegmentation:
-    """D3Net-L (38.7 M parameters with the FCN head and 19 classes)."""
+def d3net_l(num_classes: int = 19, head: str = "fcn", dilation: str = "multi",
+            recompute: Union[bool, str, None] = False) -> D3NetSegmentation:
+    """D3Net-L (38.7 M parameters with the FCN head and 19 classes). ``recompute``: see
+    :func:`set_recompute`."""
     config = preset("d3net-l")
     config.num_classes, config.head, config.dilation = num_classes, head, dilation
-    return D3NetSegmentation(SegConfig(**_init_fields(config)))
+    return D3NetSegmentation(SegConfig(**_init_fields(config)), recompute=recompute)
 
 
-def d3net_mss(target: str = "vocals", dilation: str = "multi", small: bool = False) -> D3NetMSS:
+def d3net_mss(target: str = "vocals", dilation: str = "multi", small: bool = False,
+              recompute: Union[bool, str, None] = False) -> D3NetMSS:
     """The official music separation network of ``target`` (vocals, drums, bass, other);
-    ``small=True`` gives the reduced ``mss-small`` configuration instead."""
+    ``small=True`` gives the reduced ``mss-small`` configuration instead. ``recompute``:
+    see :func:`set_recompute`."""
     if target not in TARGETS:
         raise D3NetError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
     config = preset("mss-small" if small else f"mss-{target}", target=target)
     config.dilation = dilation
-    return D3NetMSS(MSSConfig(**_init_fields(config)))
+    return D3NetMSS(MSSConfig(**_init_fields(config)), recompute=recompute)
 
 
 def _init_fields(config) -> Dict[str, Any]:
@@ -58,12 +68,14 @@ def _init_fields(config) -> Dict[str, Any]:
 
 
 def create(config: Union[str, Path, SegConfig, MSSConfig, Dict[str, Any]],
-           task: Optional[str] = None, target: Optional[str] = None) -> nn.Module:
-    """A freshly initialised model from a preset name, YAML file, dict or config object."""
+           task: Optional[str] = None, target: Optional[str] = None,
+           recompute: Union[bool, str, None] = False) -> nn.Module:
+    """A freshly initialised model from a preset name, YAML file, dict or config object.
+    ``recompute``: memory-efficient training, see :func:`set_recompute`."""
     config = load_config(config, task=task, target=target)
     if isinstance(config, MSSConfig):
-        return D3NetMSS(config)
-    return D3NetSegmentation(config)
+        return D3NetMSS(config, recompute=recompute)
+    return D3NetSegmentation(config, recompute=recompute)
 
 
 def count_parameters(model: nn.Module) -> int:
