@@ -156,6 +156,24 @@ def test_gradients_equal_in_channels_last_layout():
              "unit")
 
 
+def test_sync_batchnorm_layers_count_once():
+    # SyncBatchNorm (what DDP training on GPUs converts BatchNorm to) runs as plain
+    # BatchNorm outside a process group; its own bookkeeping must accept the recompute too
+    def build():
+        return nn.SyncBatchNorm.convert_sync_batchnorm(_mss())
+    _compare(build, _mss_batch(), _mss_step, "d2")
+
+
+def test_cumulative_average_batchnorm_counts_once():
+    def build():
+        model = _mss()
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = None  # running statistics = plain average over the steps
+        return model
+    _compare(build, _mss_batch(), _mss_step, "unit")
+
+
 def test_two_steps_with_optimizer_match():
     reference = _seg().train()
     recomputed = set_recompute(copy.deepcopy(reference), "d2")

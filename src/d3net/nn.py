@@ -72,19 +72,23 @@ def _running_stats_frozen(module: nn.Module) -> Iterator[None]:
     updated once per step (by the first forward), not twice. The layers still receive
     their running statistics (the checkpoint checks that the recomputation saves the same
     tensors), with an averaging factor of 0 (``momentum = 0``: the new value is exactly the
-    old one) and no ``num_batches_tracked`` to count up.
+    old one); the count they add to is set back afterwards. Works for ``SyncBatchNorm``
+    too, whose recomputation gathers the batch statistics across processes again.
     """
     norms = [m for m in module.modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
              and m.track_running_stats]
-    saved = [(norm.momentum, norm.num_batches_tracked) for norm in norms]
+    saved = [(norm.momentum, None if norm.num_batches_tracked is None
+              else norm.num_batches_tracked.clone()) for norm in norms]
     for norm in norms:
-        norm.momentum, norm.num_batches_tracked = 0.0, None
+        norm.momentum = 0.0
     try:
         yield
     finally:
         for norm, (momentum, count) in zip(norms, saved):
-            norm.momentum, norm.num_batches_tracked = momentum, count
+            norm.momentum = momentum
+            if count is not None:
+                norm.num_batches_tracked.copy_(count)
 
 
 class Recomputable(nn.Module):
