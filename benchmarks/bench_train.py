@@ -195,7 +195,7 @@ def main() -> None:
                         help="segmentation presets (default d3net-s on CPU, "
                              "d3net-s,d3net-l on CUDA)")
     parser.add_argument("--mss-config", default="mss-vocals", help="music preset or YAML")
-    parser.add_argument("--recompute", default="none,d2",
+    parser.add_argument("--recompute", default="none,unit",
                         help="comma-separated modes: none, unit, d2, d3")
     parser.add_argument("--amp", default="off,on", help="comma-separated: off, on")
     parser.add_argument("--crop", default="512x1024", help="segmentation crop HxW")
