@@ -7,6 +7,8 @@ BatchNorm statistics) with the full config as JSON in its metadata (:mod:`.files
 :func:`load` and :func:`load_separation` accept any model spec: a model file, a folder, an
 official ``.h5``, or a weight name of :mod:`.weights` (fetched and cached by :mod:`.hub`);
 see :mod:`.loading`.
+Their ``recompute=`` (and :func:`set_recompute` on an existing model) switches
+memory-efficient training on, a runtime setting that is not saved.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from ..errors import D3NetError
 from .files import FORMAT_NAME, FORMAT_VERSION, build, load_file, read_metadata, save
 from .loading import (load, load_backbone_weights, load_separation, resolve,
                       wrong_task)
+from ..nn import RECOMPUTE_MODES, recompute_mode, set_recompute
 from .segmentation import D3NetSegmentation
 from .separation import D3NetMSS
 from .weights import WEIGHTS, Weights, get_weights
@@ -32,14 +35,16 @@ from .weights import WEIGHTS, Weights, get_weights
 __all__ = ["D3NetSegmentation", "D3NetMSS", "d3net_s", "d3net_l", "d3net_mss", "create",
            "load", "load_separation", "load_backbone_weights", "load_file", "resolve", "save",
            "read_metadata", "count_parameters", "fingerprint", "Weights", "WEIGHTS",
-           "get_weights", "wrong_task", "FORMAT_NAME", "FORMAT_VERSION"]
+           "get_weights", "wrong_task", "FORMAT_NAME", "FORMAT_VERSION",
+           "set_recompute", "recompute_mode", "RECOMPUTE_MODES"]
 
 Spec = Union[str, "os.PathLike[str]", Weights]
 
 
 def d3net_s(num_classes: int = 19, head: str = "fcn", dilation: str = "multi", *,
             weights: Optional[Spec] = None, weights_backbone: Optional[Spec] = None,
-            progress: bool = True) -> D3NetSegmentation:
+            progress: bool = True,
+            recompute: Union[bool, str, None] = False) -> D3NetSegmentation:
     """D3Net-S (9.7 M parameters with the FCN head and 19 classes).
 
     Args:
@@ -48,25 +53,30 @@ def d3net_s(num_classes: int = 19, head: str = "fcn", dilation: str = "multi", *
         weights_backbone: backbone weights only (``"official-d3net-s-backbone"``, ...);
             the head keeps its fresh initialisation (see :func:`load_backbone_weights`).
         progress: show download progress for weight names.
+        recompute: memory-efficient training (see :func:`set_recompute`).
     """
     config = preset("d3net-s")
     config.num_classes, config.head, config.dilation = num_classes, head, dilation
-    return _built(SegConfig(**_init_fields(config)), weights, weights_backbone, progress)
+    return _built(SegConfig(**_init_fields(config)), weights, weights_backbone, progress,
+                  recompute)
 
 
 def d3net_l(num_classes: int = 19, head: str = "fcn", dilation: str = "multi", *,
             weights: Optional[Spec] = None, weights_backbone: Optional[Spec] = None,
-            progress: bool = True) -> D3NetSegmentation:
+            progress: bool = True,
+            recompute: Union[bool, str, None] = False) -> D3NetSegmentation:
     """D3Net-L (38.7 M parameters with the FCN head and 19 classes); ``weights``
     (``"official-d3net-l"``), ``weights_backbone`` (``"official-d3net-l-backbone"``) and
-    ``progress`` as in :func:`d3net_s`."""
+    ``progress`` and ``recompute`` as in :func:`d3net_s`."""
     config = preset("d3net-l")
     config.num_classes, config.head, config.dilation = num_classes, head, dilation
-    return _built(SegConfig(**_init_fields(config)), weights, weights_backbone, progress)
+    return _built(SegConfig(**_init_fields(config)), weights, weights_backbone, progress,
+                  recompute)
 
 
 def d3net_mss(target: str = "vocals", dilation: str = "multi", small: bool = False, *,
-              weights: Optional[Spec] = None, progress: bool = True) -> D3NetMSS:
+              weights: Optional[Spec] = None, progress: bool = True,
+              recompute: Union[bool, str, None] = False) -> D3NetMSS:
     """The official music separation network of ``target`` (vocals, drums, bass, other);
     ``small=True`` gives the reduced ``mss-small`` configuration instead.
 
@@ -75,16 +85,17 @@ def d3net_mss(target: str = "vocals", dilation: str = "multi", small: bool = Fal
             folder or a model file; the ``target`` network is taken from it and its config
             must equal the one asked for.
         progress: show download progress for weight names.
+        recompute: memory-efficient training (see :func:`set_recompute`).
     """
     if target not in TARGETS:
         raise D3NetError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
     config = preset("mss-small" if small else f"mss-{target}", target=target)
     config.dilation = dilation
-    return _built(MSSConfig(**_init_fields(config)), weights, None, progress)
+    return _built(MSSConfig(**_init_fields(config)), weights, None, progress, recompute)
 
 
 def _built(config, weights: Optional[Spec], weights_backbone: Optional[Spec],
-           progress: bool) -> nn.Module:
+           progress: bool, recompute: Union[bool, str, None]) -> nn.Module:
     """A model for ``config``: fresh, from ``weights``, or with a pretrained backbone."""
     if weights is not None and weights_backbone is not None:
         raise D3NetError("give weights or weights_backbone, not both (whole-model weights "
@@ -93,7 +104,7 @@ def _built(config, weights: Optional[Spec], weights_backbone: Optional[Spec],
         model = build(config)
         if weights_backbone is not None:
             load_backbone_weights(model, weights_backbone, progress=progress)
-        return model
+        return _recomputing(model, recompute)
     model = load(weights, task=config.task, target=getattr(config, "target", None),
                  progress=progress)
     ours, theirs = to_dict(config), to_dict(model.config)
@@ -102,7 +113,11 @@ def _built(config, weights: Optional[Spec], weights_backbone: Optional[Spec],
         detail = ", ".join(f"{k} {theirs.get(k)!r} vs {ours[k]!r}" for k in differ[:3])
         raise D3NetError(f"{weights}: weights of {describe(model.config)} do not fit "
                          f"{describe(config)} ({detail})")
-    return model
+    return _recomputing(model, recompute)
+
+
+def _recomputing(model: nn.Module, recompute: Union[bool, str, None]) -> nn.Module:
+    return set_recompute(model, recompute) if recompute else model
 
 
 def _init_fields(config) -> Dict[str, Any]:
@@ -111,9 +126,11 @@ def _init_fields(config) -> Dict[str, Any]:
 
 
 def create(config: Union[str, Path, SegConfig, MSSConfig, Dict[str, Any]],
-           task: Optional[str] = None, target: Optional[str] = None) -> nn.Module:
-    """A freshly initialised model from a preset name, YAML file, dict or config object."""
-    return build(load_config(config, task=task, target=target))
+           task: Optional[str] = None, target: Optional[str] = None,
+           recompute: Union[bool, str, None] = False) -> nn.Module:
+    """A freshly initialised model from a preset name, YAML file, dict or config object.
+    ``recompute``: memory-efficient training, see :func:`set_recompute`."""
+    return _recomputing(build(load_config(config, task=task, target=target)), recompute)
 
 
 def count_parameters(model: nn.Module) -> int:

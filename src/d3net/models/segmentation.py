@@ -6,14 +6,14 @@ resizes every scale to the first one, concatenates and classifies.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..configs import SegConfig
-from ..nn import D3BlockBC
+from ..nn import D3BlockBC, set_recompute
 
 
 class Stem(nn.Module):
@@ -181,9 +181,13 @@ class D3NetSegmentation(nn.Module):
     units). Output: logits ``(N, num_classes, H, W)`` at the input size, for any H, W.
     The official model returns the softmax in test mode; we return logits (softmax them
     for probabilities).
+
+    ``recompute`` trades training time for memory (:func:`d3net.nn.set_recompute`; a
+    runtime setting, not part of the config or the model file).
     """
 
-    def __init__(self, config: Optional[SegConfig] = None):
+    def __init__(self, config: Optional[SegConfig] = None,
+                 recompute: Union[bool, str, None] = False):
         super().__init__()
         self.config = config or SegConfig()
         self.backbone = D3NetBackbone(self.config)
@@ -193,6 +197,7 @@ class D3NetSegmentation(nn.Module):
                                            key_channels=self.config.ocr_key_channels)
         else:
             self.head = FCNHead(*args)
+        set_recompute(self, recompute)
 
     def forward(self, x: Tensor) -> Tensor:
         return _resize(self.head(self.backbone(x)), x.shape[-2:])

@@ -12,14 +12,14 @@ gate instead of 3x3), we follow the official configs so that the released weight
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..configs import BranchConfig, MSSConfig, ceil_rate
-from ..nn import D2Block, D3Block
+from ..nn import D2Block, D3Block, set_recompute
 
 
 class Upsample(nn.Module):
@@ -120,9 +120,13 @@ class D3NetMSS(nn.Module):
 
     Internally the network runs on ``(batch, channels, frames, bins)`` like the official
     code, so official kernels map without transposition.
+
+    ``recompute`` trades training time for memory (:func:`d3net.nn.set_recompute`; a
+    runtime setting, not part of the config or the model file).
     """
 
-    def __init__(self, config: Optional[MSSConfig] = None):
+    def __init__(self, config: Optional[MSSConfig] = None,
+                 recompute: Union[bool, str, None] = False):
         super().__init__()
         self.config = c = config or MSSConfig()
         bins = c.num_bins
@@ -142,6 +146,7 @@ class D3NetMSS(nn.Module):
         self.final = D2Block(widest + self.full.out_channels, c.final_growth_rate,
                              c.final_num_layers, c.dilation)
         self.output = GatedOutput(self.final.out_channels, c.audio_channels)
+        set_recompute(self, recompute)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.config.audio_channels or \
