@@ -2,6 +2,7 @@ import dataclasses
 import hashlib
 import http.server
 import os
+import signal
 import shutil
 import threading
 import zipfile
@@ -47,6 +48,17 @@ def no_downloads(monkeypatch, d3net_home):
     shutil.rmtree(d3net_home / "weights", ignore_errors=True)
     monkeypatch.setenv("D3NET_WEIGHTS_MIRROR", UNREACHABLE_MIRROR)
     monkeypatch.delenv("D3NET_MODEL", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _restore_sigchld():
+    """Undo the SIGCHLD handler that a DataLoader with workers installs for the rest of the
+    process: with it, a later subprocess (ffmpeg) exiting has killed the test process with
+    SIGSEGV on CI's machine (the kernel failing to deliver the signal), far from its cause."""
+    before = signal.getsignal(signal.SIGCHLD)
+    yield
+    if signal.getsignal(signal.SIGCHLD) is not before:
+        signal.signal(signal.SIGCHLD, before)
 
 
 @pytest.fixture(scope="session")

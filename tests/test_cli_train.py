@@ -75,6 +75,20 @@ def test_values_are_read_as_before():
     assert values["amp"] is False
 
 
+@pytest.mark.parametrize("task", ["mss", "seg"])
+def test_recompute_option(task):
+    base = (["train", "mss", "--root", "r", "--target", "vocals", "--out", "o"] if task == "mss"
+            else ["train", "seg", "--root", "r", "--out", "o"])
+    hparams = HPARAMS[task]
+    assert _parser().parse_args(base).recompute is None  # the recipe's default: off
+    assert hparams().recompute == "none"
+    assert _parser().parse_args(base + ["--recompute"]).recompute == "unit"
+    assert _parser().parse_args(base + ["--recompute", "d2", "--amp"]).recompute == "d2"
+    with pytest.raises(SystemExit):
+        _parser().parse_args(base + ["--recompute", "everything"])
+    assert "recompute" in hparams.resumable()  # the same gradients: a resumed run may change it
+
+
 def test_a_new_hyper_parameter_is_one_line():
     @dataclass
     class Extended(SegHyperParams):

@@ -120,11 +120,14 @@ def test_resume_continues_exactly(data, tiny, tmp_path):
     assert done.epochs == 2 and (out / "vocals.ckpt").read_bytes() == before != first_epoch
 
 
-@pytest.mark.parametrize("options", [{"amp": True}, {"channels_last": True}],
-                         ids=["amp", "channels-last"])
+@pytest.mark.parametrize("options", [
+    {"amp": True}, {"channels_last": True}, {"recompute": "unit"},
+    {"amp": True, "recompute": "d2"}, {"channels_last": True, "recompute": "d3"}],
+    ids=["amp", "channels-last", "recompute", "amp+recompute", "channels-last+recompute"])
 def test_precision_and_layout_runs_resume_exactly(data, tiny, tmp_path, options):
-    """--amp (bfloat16 where this CPU has it natively, else float32) and the channels-last
-    layout: a run continued with --resume equals the uninterrupted one."""
+    """--amp (bfloat16 where this CPU has it natively, else float32), the channels-last
+    layout and --recompute, alone and together (channels-last with CPU bfloat16 is refused,
+    see test_train_seg): a run continued with --resume equals the uninterrupted one."""
     if options.get("amp") and not has_native_bfloat16("cpu"):
         pytest.skip("this CPU has no native bfloat16 (--amp trains in float32 here)")
     fast = dict(FAST, samples_per_track=1, **options)
@@ -140,6 +143,7 @@ def test_precision_and_layout_runs_resume_exactly(data, tiny, tmp_path, options)
         assert torch.equal(resumed.model.state_dict()[key], value), key
     hparams = load_checkpoint(tmp_path / "b" / "vocals.ckpt")["hparams"]
     assert all(hparams[key] == value for key, value in options.items())
+    assert models.recompute_mode(resumed.model) == options.get("recompute", "none")
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tiny, tmp_path, monkeypatch):

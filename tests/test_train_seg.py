@@ -205,15 +205,16 @@ def test_interrupted_run_resumes_exactly(scenes, tiny_yaml, tmp_path, monkeypatc
 
 def test_mixed_precision_run_resumes_exactly_across_validation(scenes, tiny_yaml, tmp_path,
                                                                 monkeypatch, capsys):
-    """--amp (bfloat16 where this CPU has it natively) with a validation before the
-    checkpoint: an interrupted run resumes on the very same numbers (validation's inference
+    """--amp (bfloat16 where this CPU has it natively) and --recompute with a validation
+    before the checkpoint: an interrupted run resumes on the very same numbers (validation's inference
     must leave the training layout as it was)."""
     amp = has_native_bfloat16("cpu")
-    options = dict(FAST, amp=amp, val_interval=2)
+    options = dict(FAST, amp=amp, val_interval=2, recompute="unit")
     straight = train_seg(scenes, tmp_path / "a", tiny_yaml, iters=4, progress=False,
                          **options)
     opening = capsys.readouterr().out
     assert ("bfloat16 autocast" in opening) == amp and ("float32" in opening) != amp
+    assert "recompute unit" in opening
     assert [it for it, _ in straight.val_miou] == [2, 4]
 
     with monkeypatch.context() as patch:  # killed in the 4th step, after a checkpoint at 2

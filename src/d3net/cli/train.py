@@ -135,6 +135,8 @@ def add_hparam_options(parser: argparse.ArgumentParser, hparams: Type[HyperParam
             kwargs["metavar"] = meta.get("metavar")
         elif meta.get("choices"):
             kwargs.update(type=kind, choices=meta["choices"])
+            if meta.get("const") is not None:
+                kwargs.update(nargs="?", const=meta["const"])
         elif kind in PLAIN_TYPES:
             kwargs.update(type=kind, metavar=meta.get("metavar") or PLAIN_TYPES[kind])
         else:

@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 from ..errors import D3NetError
+from ..nn import DEFAULT_RECOMPUTE, RECOMPUTE_MODES
 from ..segment import parse_size
 
 AMP_HELP = ("mixed precision: bfloat16 where the device has it natively (recent GPUs, CPUs "
@@ -22,7 +23,8 @@ Parse = Callable[[str, str], Any]
 
 def option(default: Any, help: str, *, resumable: bool = False, flag: Optional[str] = None,
            metavar: Optional[str] = None, choices: Optional[Sequence[str]] = None,
-           parse: Optional[Parse] = None, shown: Optional[str] = None) -> Any:
+           parse: Optional[Parse] = None, shown: Optional[str] = None,
+           const: Any = None) -> Any:
     """A hyper-parameter field.
 
     Args:
@@ -34,10 +36,11 @@ def option(default: Any, help: str, *, resumable: bool = False, flag: Optional[s
         parse: reads the command-line text of a value that is not a plain number, string
             or switch.
         shown: the default as help texts print it (default: derived from ``default``).
+        const: the value of the option given without one (``--flag`` alone).
     """
     metadata = {"help": help, "resumable": resumable, "flag": flag, "metavar": metavar,
                 "choices": tuple(choices) if choices else None, "parse": parse,
-                "shown": shown}
+                "shown": shown, "const": const}
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -97,6 +100,12 @@ class HyperParams:
     A recipe's own fields come first on the command line; these follow.
     """
 
+    recompute: str = option(
+        "none", f"memory-efficient training, as the official --recompute: the backward pass "
+                f"computes the dense blocks' insides again instead of keeping them "
+                f"(unit: BatchNorm, ReLU, concatenations; d2/d3: whole D2/D3 blocks; same "
+                f"gradients; the option alone means {DEFAULT_RECOMPUTE})",
+        resumable=True, choices=RECOMPUTE_MODES, const=DEFAULT_RECOMPUTE, metavar="MODE")
     channels_last: bool = option(
         False, "train in the channels-last memory layout (on a CPU: no faster for D3Net-S, "
                "slower for the music networks)", resumable=True)

@@ -443,7 +443,8 @@ class Trainer:
                  f"parameters, {self.describe(lr_scale)}, batch {hp.batch_size} x "
                  f"{dist.world_size} process(es), {steps_per_epoch} steps per epoch, "
                  f"{length} {unit}s, "
-                 f"{self.amp.describe()}{', channels-last' if self.channels_last else ''}, "
+                 f"{self.amp.describe()}{', channels-last' if self.channels_last else ''}"
+                 f"{'' if hp.recompute == 'none' else ', recompute ' + hp.recompute}, "
                  f"on {dist.device}")
         total = length * steps_per_epoch if self.length == "epochs" else length
         if run.iteration >= total:
@@ -466,7 +467,7 @@ class Trainer:
             raise D3NetError("--channels-last with bfloat16 --amp on a CPU: oneDNN's "
                              "convolution backward crashes on it for some layer widths "
                              "(torch 2.13); use one of the two")
-        model = model_io.create(self.config)
+        model = model_io.create(self.config, recompute=hp.recompute)
         if new_run:
             self.initialise(model)
         model.to(dist.device, memory_format=self._layout())
