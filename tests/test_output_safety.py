@@ -218,7 +218,7 @@ def test_a_write_failing_mid_run_is_one_line(tmp_path, capsys, monkeypatch):
 
     song = tmp_path / "song.wav"
     soundfile.write(str(song), np.zeros((2000, 2)), 44100)
-    monkeypatch.setattr(io, "save", full)
+    monkeypatch.setattr(io.StemWriter, "write", full)
     assert main(["separate", str(song), "-o", str(tmp_path / "out"), "--model", "demo",
                  "-q"]) == 1
     err = capsys.readouterr().err.strip()
