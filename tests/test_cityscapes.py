@@ -9,11 +9,11 @@ import torch
 import yaml
 from PIL import Image
 
-from d3net.data.cityscapes import (
-    CITYSCAPES_MEAN, CITYSCAPES_STD, LABEL_ID_TO_TRAIN_ID, CityscapesDataset, EvalTransform,
-    ImageFolderDataset, TrainTransform, image_to_array, label_ids_to_train_ids,
-    normalize_image, train_ids_to_label_ids)
+from d3net.data.cityscapes import (CityscapesDataset, EvalTransform, ImageFolderDataset,
+                                   TrainTransform)
 from d3net.errors import D3NetError
+from d3net.image import (CITYSCAPES_MEAN, CITYSCAPES_STD, LABEL_ID_TO_TRAIN_ID, image_to_array,
+                         label_ids_to_train_ids, normalize_image, train_ids_to_label_ids)
 from d3net.palette import (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, colorize, overlay,
                            palette_image)
 

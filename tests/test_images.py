@@ -6,12 +6,13 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
+from d3net import image as imaging
 from d3net.configs import SegConfig
 from d3net.data import cityscapes
-from d3net.data.cityscapes import (CityscapesDataset, ImageFolderDataset, read_image,
-                                   train_ids_to_label_ids)
+from d3net.data.cityscapes import CityscapesDataset, ImageFolderDataset
 from d3net.errors import D3NetError
-from d3net.segment import Segmenter, segment_files
+from d3net.image import read_image, train_ids_to_label_ids, write_outputs
+from d3net.segment import Segmenter
 
 EXIF_ORIENTATION = 0x0112
 
@@ -96,7 +97,7 @@ def test_segment_writes_labels_and_overlay_as_the_photo_is_displayed(tmp_path):
     assert displayed.shape == (40, 24, 3)
     segmenter = Segmenter(Pointwise())
     expected, _ = segmenter.predict_image(np.ascontiguousarray(displayed))
-    [(_, files)] = list(segment_files(segmenter, [path], tmp_path / "out", progress=False))
+    [(_, files)] = list(segmenter.segment_files([path], tmp_path / "out", progress=False))
     train_ids = np.asarray(Image.open(files.train_ids))
     np.testing.assert_array_equal(train_ids, expected)
     assert Image.open(files.overlay).size == Image.open(files.label_ids).size == (24, 40)
@@ -137,7 +138,7 @@ def test_datasets_read_images_as_displayed(tmp_path):
 
 def test_one_image_reader_everywhere():
     from d3net import segment
-    assert segment.read_image is cityscapes.read_image
+    assert segment.read_image is cityscapes.read_image is imaging.read_image
 
 
 def test_read_image_errors_name_the_file(tmp_path):
@@ -165,7 +166,7 @@ def test_label_ids_file_holds_cityscapes_label_ids(tmp_path):
     label_ids = np.asarray(Image.open(files.label_ids))
     assert Image.open(files.label_ids).mode == "L" and train_ids.max() <= 18
     np.testing.assert_array_equal(label_ids, train_ids_to_label_ids(train_ids))
-    assert set(np.unique(label_ids)) <= set(cityscapes.LABEL_ID_TO_TRAIN_ID)
+    assert set(np.unique(label_ids)) <= set(imaging.LABEL_ID_TO_TRAIN_ID)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "street_labelIds.png", "street_overlay.png", "street_trainIds.png"]
 
@@ -193,7 +194,6 @@ def test_cityscapes_evaluator_scores_our_label_ids(tmp_path):
         "cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling",
         reason="optional cityscapesscripts package (extra 'cityscapes') not installed")
     from d3net.data.synth_scenes import generate_dataset
-    from d3net.segment import write_outputs
 
     generate_dataset(tmp_path / "city", images=5, size=(64, 128), seed=3, progress=False,
                      splits=("train", "val"))

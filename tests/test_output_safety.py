@@ -77,7 +77,7 @@ def test_segment_outputs_are_readable_by_others(tmp_path, umask_022):
     """The issue's case: `d3net segment` output under umask 022 was 600."""
     import numpy as np
 
-    from d3net.segment import write_outputs
+    from d3net.image import write_outputs
 
     labels = np.zeros((8, 8), np.uint8)
     paths = write_outputs(np.zeros((8, 8, 3), np.uint8), labels, tmp_path / "out", "img")

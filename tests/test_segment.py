@@ -8,8 +8,10 @@ from torch import nn
 from d3net import cli
 from d3net.configs import SegConfig
 from d3net.errors import D3NetError
+from d3net.image import find_images
 from d3net.models import D3NetSegmentation, save
-from d3net.segment import TTA_SCALES, Segmenter, find_images, parse_scales, parse_size
+from d3net.segment import TTA_SCALES, Segmenter
+from d3net.utils import parse_scales, parse_size
 
 TINY = dict(name="test-tiny", num_init_features=8, num_layers=(2, 2, 2, 2),
             num_blocks=(1, 1, 1, 1), growth_rate=(6, 6, 6, 6), compression=(1.0,) * 4,
@@ -250,10 +252,7 @@ def test_from_file_refuses_a_music_model(tmp_path):
 # ----------------------------------------------------------------------------- CLI
 
 @pytest.fixture
-def run_cli(monkeypatch):
-    """``d3net.cli.main`` with the segment command registered."""
-    if "segment" not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", cli.COMMAND_MODULES + ["segment"])
+def run_cli():
     return cli.main
 
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from d3net.data.cityscapes import CityscapesDataset, label_ids_to_train_ids
+from d3net.data.cityscapes import CityscapesDataset
 from d3net.data.synth_scenes import CITIES, generate_dataset, generate_scene, split_sizes
 from d3net.errors import D3NetError
+from d3net.image import label_ids_to_train_ids
 
 VALID_IDS = set(range(19)) | {255}
 SIZE = (64, 128)

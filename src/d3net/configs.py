@@ -21,11 +21,10 @@ from typing import Any, Dict, Optional, Tuple, Union
 import yaml
 
 from .errors import D3NetError
+from .image import CITYSCAPES_MEAN, CITYSCAPES_STD
 from .nn import DILATION_MODES
 
 TARGETS = ("vocals", "drums", "bass", "other")
-CITYSCAPES_MEAN = (123.675, 116.28, 103.53)
-CITYSCAPES_STD = (58.395, 57.12, 57.375)
 
 
 @dataclass

@@ -21,23 +21,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .configs import CITYSCAPES_MEAN, CITYSCAPES_STD
-from .data.cityscapes import (IMAGE_EXTENSIONS, NUM_CLASSES, image_to_array, normalize_image,
-                              read_image, train_ids_to_label_ids)
 from .errors import D3NetError
-from .utils import check_unique_outputs, check_writable
-
-PathLike = Union[str, os.PathLike]
-Size = Tuple[int, int]
+from .image import (CITYSCAPES_MEAN, CITYSCAPES_STD, NUM_CLASSES, ImageLike,
+                    SegmentationFiles, find_images, normalize_image, read_image, write_outputs)
+from .models import load
+from .utils import PathLike, Size, parse_scales, parse_size
 
 MODES = ("whole", "slide")
 #: The six test scales of the paper's Cityscapes test table (used with flipping).
@@ -45,62 +41,6 @@ TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 #: Smallest side the network is run on (its output stride is 32); smaller inputs are
 #: padded for the pass and the padding is cut off the output.
 MIN_SIZE = 32
-#: Cityscapes label ids (0..33), the files Cityscapes' evaluation scripts and test server read.
-LABEL_IDS_SUFFIX = "_labelIds.png"
-#: Train ids (0..18 for Cityscapes; the model's class index for any model).
-TRAIN_IDS_SUFFIX = "_trainIds.png"
-OVERLAY_SUFFIX = "_overlay.png"
-
-
-class SegmentationFiles(NamedTuple):
-    """The files written for one image (see :func:`write_outputs`)."""
-
-    train_ids: Path
-    label_ids: Optional[Path]  # None unless the model predicts the 19 Cityscapes classes
-    overlay: Path
-
-
-def _pair(value: Union[int, Sequence[int]], name: str) -> Size:
-    if isinstance(value, int):
-        value = (value, value)
-    try:
-        height, width = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise D3NetError(f"{name} must be an int or (height, width), got {value!r}") from None
-    if height < 1 or width < 1:
-        raise D3NetError(f"{name} must be positive, got {height}x{width}")
-    return height, width
-
-
-def parse_size(text: str, name: str = "size") -> Size:
-    """``"512x1024"`` (height x width) or ``"512"`` (square) -> ``(512, 1024)``."""
-    parts = str(text).lower().replace(",", "x").split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise D3NetError(f"{name} must look like HEIGHTxWIDTH (e.g. 512x1024), "
-                         f"got {text!r}") from None
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2:
-        raise D3NetError(f"{name} must look like HEIGHTxWIDTH (e.g. 512x1024), got {text!r}")
-    return _pair(values, name)
-
-
-def parse_scales(text: str) -> Tuple[float, ...]:
-    """``"0.5,0.75,1.0"`` -> ``(0.5, 0.75, 1.0)``; every scale must be positive."""
-    try:
-        scales = tuple(float(s) for s in str(text).split(",") if s.strip())
-    except ValueError:
-        raise D3NetError(f"scales must be comma-separated numbers, got {text!r}") from None
-    return _check_scales(scales)
-
-
-def _check_scales(scales: Sequence[float]) -> Tuple[float, ...]:
-    scales = tuple(float(s) for s in scales)
-    if not scales or any(not (s > 0) or s != s or s == float("inf") for s in scales):
-        raise D3NetError(f"scales must be positive numbers, got {list(scales)}")
-    return scales
 
 
 class Segmenter(nn.Module):
@@ -139,10 +79,10 @@ class Segmenter(nn.Module):
             raise D3NetError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
         self.mode = mode
-        self.scales = TTA_SCALES if tta else _check_scales(scales)
+        self.scales = TTA_SCALES if tta else parse_scales(scales)
         self.flip = True if tta else bool(flip)
-        self.crop = _pair(crop, "crop")
-        self.stride = (_pair(stride, "stride") if stride is not None
+        self.crop = parse_size(crop, "crop")
+        self.stride = (parse_size(stride, "stride") if stride is not None
                        else tuple(max(1, (2 * c) // 3) for c in self.crop))
         if any(s > c for s, c in zip(self.stride, self.crop)):
             raise D3NetError(f"stride {self.stride} must not exceed the crop {self.crop} "
@@ -178,8 +118,6 @@ class Segmenter(nn.Module):
             D3NetError: see :func:`d3net.models.load` (a music model gets the wrong-task
                 sentence).
         """
-        from .models import load
-
         network = load(model, task="seg", device=device, progress=download_progress)
         return cls(network, device=device, **options)
 
@@ -257,13 +195,13 @@ class Segmenter(nn.Module):
 
     # -------------------------------------------------------------------- images in
 
-    def normalize(self, image: Union[Image.Image, np.ndarray]) -> Tensor:
-        """A PIL image or uint8/uint16 array (any mode :func:`d3net.data.cityscapes.
-        image_to_array` accepts) -> normalised ``(3, H, W)`` float32 with the model's
+    def normalize(self, image: ImageLike) -> Tensor:
+        """A PIL image or uint8/uint16 array (any mode :func:`d3net.image.image_to_array`
+        accepts) -> normalised ``(3, H, W)`` float32 with the model's
         mean/std."""
         return normalize_image(image, self.mean, self.std)
 
-    def predict_image(self, image: Union[PathLike, Image.Image, np.ndarray]
+    def predict_image(self, image: Union[PathLike, ImageLike]
                       ) -> Tuple[np.ndarray, Tensor]:
         """Segment one image given as a path, a PIL image or a numpy array.
 
@@ -278,9 +216,10 @@ class Segmenter(nn.Module):
 
     def segment_file(self, path: PathLike, out_dir: PathLike,
                      stem: Optional[str] = None, alpha: float = 0.5) -> SegmentationFiles:
-        """Segment an image file (EXIF orientation applied, see :func:`read_image`) and
-        write its files into ``out_dir`` with :func:`write_outputs`; Cityscapes label ids
-        only for a model of the 19 Cityscapes classes."""
+        """Segment an image file (EXIF orientation applied, see
+        :func:`d3net.image.read_image`) and write its files into ``out_dir`` with
+        :func:`d3net.image.write_outputs`; Cityscapes label ids only for a model of the 19
+        Cityscapes classes."""
         image = read_image(path)
         try:
             labels, _ = self.predict_image(image)
@@ -288,6 +227,21 @@ class Segmenter(nn.Module):
             raise D3NetError(f"{path}: {error}") from None
         return write_outputs(image, labels, out_dir, stem or Path(path).stem, alpha=alpha,
                              label_ids=self.num_classes == NUM_CLASSES)
+
+    def segment_files(self, inputs: Sequence[PathLike], out_dir: PathLike,
+                      alpha: float = 0.5, progress: bool = True
+                      ) -> Iterator[Tuple[Path, SegmentationFiles]]:
+        """Segment image files and folders into ``out_dir`` (folders keep their layout, see
+        :func:`d3net.image.find_images`); yields ``(input, files written)`` as each image is
+        done.
+
+        Raises:
+            D3NetError: before any image is segmented, for a missing input, two inputs with
+                one output name, or an output folder that cannot be written.
+        """
+        pairs = find_images(inputs, out_dir)
+        for path, stem in tqdm(pairs, desc="segment", unit="image", disable=not progress):
+            yield path, self.segment_file(path, out_dir, stem=stem, alpha=alpha)
 
     # ------------------------------------------------------------------ internals
 
@@ -385,98 +339,8 @@ class Segmenter(nn.Module):
         return logits[..., :height, :width]
 
 
-# ----------------------------------------------------------------------------- files
-
 def _labels_uint8(labels: Tensor) -> np.ndarray:
     array = labels.cpu().numpy()
     if array.size and array.max() > 255:
         raise D3NetError(f"class id {int(array.max())} does not fit an 8-bit label PNG")
     return array.astype(np.uint8)
-
-
-def image_rgb_uint8(image: Union[Image.Image, np.ndarray]) -> np.ndarray:
-    """The image as the network saw it, as RGB uint8 ``(H, W, 3)`` (16-bit scaled down,
-    gray replicated, alpha dropped), for overlays."""
-    return np.clip(np.rint(image_to_array(image)), 0, 255).astype(np.uint8)
-
-
-def write_outputs(image: Union[Image.Image, np.ndarray], labels: np.ndarray,
-                  out_dir: PathLike, stem: str, alpha: float = 0.5,
-                  label_ids: bool = True) -> SegmentationFiles:
-    """Write the label maps and the overlay of one image into ``out_dir``, atomically.
-
-    Args:
-        image: the image as segmented (for the overlay).
-        labels: uint8 train ids ``(H, W)``.
-        stem: file name stem (may contain ``/`` for sub-folders).
-        label_ids: also write Cityscapes label ids (only meaningful for a model of the
-            19 Cityscapes classes).
-
-    Files: ``<stem>_trainIds.png`` (8-bit grayscale train ids), ``<stem>_labelIds.png``
-    (8-bit grayscale Cityscapes label ids 0..33, the file Cityscapes' evaluation scripts
-    and test server read as ``*_labelIds.png``; mapped with
-    :func:`d3net.data.cityscapes.train_ids_to_label_ids`) and ``<stem>_overlay.png``
-    (palette colours blended over the image).
-    """
-    from .palette import overlay
-    from .utils import atomic_path
-
-    out_dir = Path(out_dir)
-    labels = np.ascontiguousarray(labels, dtype=np.uint8)
-    files = SegmentationFiles(
-        train_ids=out_dir / f"{stem}{TRAIN_IDS_SUFFIX}",
-        label_ids=out_dir / f"{stem}{LABEL_IDS_SUFFIX}" if label_ids else None,
-        overlay=out_dir / f"{stem}{OVERLAY_SUFFIX}")
-    blended = overlay(image_rgb_uint8(image), labels, alpha=alpha)
-    with atomic_path(files.train_ids) as tmp:
-        Image.fromarray(labels, mode="L").save(tmp, format="PNG")
-    if files.label_ids is not None:
-        with atomic_path(files.label_ids) as tmp:
-            Image.fromarray(train_ids_to_label_ids(labels), mode="L").save(tmp, format="PNG")
-    with atomic_path(files.overlay) as tmp:
-        Image.fromarray(blended, mode="RGB").save(tmp, format="PNG")
-    return files
-
-
-def find_images(inputs: Sequence[PathLike]) -> List[Tuple[Path, str]]:
-    """Expand files and folders into ``(image file, output stem)`` pairs.
-
-    A file gives its own stem; a folder is searched recursively for image files and each
-    keeps its path relative to the folder (``sub/dir/name``), so outputs mirror the
-    folder's layout. Missing inputs, empty folders and two inputs mapping to the same
-    output name are errors.
-    """
-    pairs: List[Tuple[Path, str]] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file()
-                           and p.suffix.lower() in IMAGE_EXTENSIONS
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
-            if not files:
-                raise D3NetError(f"{path}: no image files in this folder "
-                                 f"({', '.join(IMAGE_EXTENSIONS)})")
-            pairs += [(f, f.relative_to(path).with_suffix("").as_posix()) for f in files]
-        elif path.is_file():
-            pairs.append((path, path.stem))
-        else:
-            raise D3NetError(f"input not found: {path}")
-    check_unique_outputs(((file, f"{stem}{TRAIN_IDS_SUFFIX}") for file, stem in pairs),
-                         hint="segment them into different output folders")
-    return list(dict.fromkeys(pairs))
-
-
-def segment_files(segmenter: Segmenter, inputs: Sequence[PathLike], out_dir: PathLike,
-                  progress: bool = True, alpha: float = 0.5
-                  ) -> Iterator[Tuple[Path, SegmentationFiles]]:
-    """Segment image files and folders into ``out_dir`` (see :func:`find_images`);
-    yields ``(input, files written)`` as each image is done.
-
-    Raises:
-        D3NetError: before any image is segmented, for a missing input, two inputs with
-            one output name, or an output folder that cannot be written.
-    """
-    pairs = find_images(inputs)
-    check_writable(*{Path(out_dir, stem).parent for _, stem in pairs})
-    for path, stem in tqdm(pairs, desc="segment", unit="image", disable=not progress):
-        yield path, segmenter.segment_file(path, out_dir, stem=stem, alpha=alpha)

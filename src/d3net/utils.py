@@ -1,5 +1,6 @@
 """Small shared helpers: atomic file writes with the usual file modes, output checks, the
-cache folder, device resolution, DDP unwrapping, exact float32 kernels."""
+cache folder, device resolution, DDP unwrapping, exact float32 kernels, sizes and scales
+given as text or numbers."""
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +10,7 @@ import stat
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator, Tuple, Union
+from typing import Iterable, Iterator, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -17,6 +18,7 @@ from torch import nn
 from .errors import D3NetError
 
 PathLike = Union[str, os.PathLike]
+Size = Tuple[int, int]
 
 _NEW_FILE_MODE = 0o666  # the kernel subtracts the umask (and applies default ACLs)
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
@@ -205,3 +207,48 @@ def exact_float32() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")
         with torch.backends.mkldnn.flags(enabled=False):
             yield
+
+
+def parse_size(value: Union[str, int, Sequence[int]], name: str = "size") -> Size:
+    """``"512x1024"`` (height x width), ``"512"`` or ``512`` (square), or ``(512, 1024)``
+    -> ``(512, 1024)``.
+
+    Raises:
+        D3NetError: naming ``name``, for anything else or a side below 1.
+    """
+    values = value
+    if isinstance(value, str):
+        try:
+            values = [int(part) for part in value.lower().replace(",", "x").split("x")]
+        except ValueError:
+            values = None
+    if isinstance(values, int):
+        values = [values]
+    if isinstance(values, (list, tuple)) and len(values) == 1:
+        values = list(values) * 2
+    try:
+        height, width = (int(v) for v in values)
+    except (TypeError, ValueError):
+        raise D3NetError(f"{name} must be HEIGHTxWIDTH (e.g. 512x1024), a side or (height, "
+                         f"width), got {value!r}") from None
+    if height < 1 or width < 1:
+        raise D3NetError(f"{name} must be positive, got {height}x{width}")
+    return height, width
+
+
+def parse_scales(value: Union[str, Sequence[float]], name: str = "scales"
+                 ) -> Tuple[float, ...]:
+    """``"0.5,0.75,1.0"`` or a sequence of numbers -> ``(0.5, 0.75, 1.0)``.
+
+    Raises:
+        D3NetError: naming ``name``, for an empty list or a scale that is not a positive
+            finite number.
+    """
+    parts = [s for s in value.split(",") if s.strip()] if isinstance(value, str) else value
+    try:
+        scales = tuple(float(s) for s in parts)
+    except (TypeError, ValueError):
+        raise D3NetError(f"{name} must be comma-separated numbers, got {value!r}") from None
+    if not scales or not all(0 < s < float("inf") for s in scales):
+        raise D3NetError(f"{name} must be positive numbers, got {list(scales)}")
+    return scales

@@ -33,6 +33,12 @@ def add_quiet(parser: argparse.ArgumentParser) -> None:
                         help="no progress bars or informational output")
 
 
+def add_device_option(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """The one ``--device`` option; ``note`` adds to its help (e.g. how torchrun picks)."""
+    parser.add_argument("--device", metavar="DEVICE",
+                        help=f"cpu, cuda, cuda:N (default: cuda when available{note})")
+
+
 def add_model_option(parser: argparse.ArgumentParser, task: str,
                      default: Optional[str] = None) -> None:
     """The one ``--model`` option (same wording in every command); read it with

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..utils import parse_size
 from . import add_quiet
 
 
@@ -33,15 +34,6 @@ def register(subparsers) -> None:
     c.set_defaults(func=run_cityscapes)
 
 
-def parse_size(text: str):
-    from ..errors import D3NetError
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise D3NetError(f"size must look like HxW (e.g. 512x1024), got {text!r}") from None
-    return h, w
-
-
 def run_musdb(args: argparse.Namespace) -> int:
     from ..data.synth_music import generate_dataset
     paths = generate_dataset(args.out, tracks=args.tracks, seconds=args.seconds, seed=args.seed,
@@ -53,7 +45,7 @@ def run_musdb(args: argparse.Namespace) -> int:
 
 def run_cityscapes(args: argparse.Namespace) -> int:
     from ..data.synth_scenes import generate_dataset
-    counts = generate_dataset(args.out, images=args.images, size=parse_size(args.size),
+    counts = generate_dataset(args.out, images=args.images, size=parse_size(args.size, "--size"),
                               seed=args.seed, progress=not args.quiet)
     if not args.quiet:
         print("wrote " + ", ".join(f"{n} {split}" for split, n in counts.items())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_quiet
+from . import add_device_option, add_quiet
 
 
 def register(subparsers) -> None:
@@ -17,7 +17,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=FIRST_DEMO_SEED,
                    help=f"song seed, >= {FIRST_DEMO_SEED} (default {FIRST_DEMO_SEED})")
     p.add_argument("--seconds", type=float, default=DEMO_SECONDS)
-    p.add_argument("--device", default=None)
+    add_device_option(p)
     add_quiet(p)
     p.set_defaults(func=run)
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 import argparse
 import os
 
-from . import add_model_option, add_quiet, model_spec
+from ..errors import D3NetError
+from ..evaluate.mss import evaluate_mss
+from ..evaluate.seg import evaluate_seg
+from ..utils import resolve_device
+from . import add_device_option, add_model_option, add_quiet, model_spec
+from .segment import add_segmenter_options, segmenter_options
 
 
 def register(subparsers) -> None:
@@ -47,14 +52,12 @@ def _register_mss(tasks) -> None:
     p.add_argument("--tracks", metavar="NAMES", help="comma-separated track names only")
     p.add_argument("--wiener-iterations", type=int, default=1, metavar="N",
                    help="0 = no filter, 1 = the official filter (default)")
-    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    add_device_option(p)
     add_quiet(p)
     p.set_defaults(func=run_mss)
 
 
 def run_mss(args: argparse.Namespace) -> int:
-    from ..evaluate.mss import evaluate_mss
-
     tracks = None
     if args.tracks:
         tracks = [name.strip() for name in args.tracks.split(",") if name.strip()]
@@ -82,38 +85,21 @@ def _register_seg(tasks) -> None:
                    help="Cityscapes folder (leftImg8bit/<split>, gtFine/<split>)")
     add_model_option(p, "seg")
     p.add_argument("--split", default="val", help="split to score (default: val)")
-    p.add_argument("--mode", choices=["whole", "slide"], default="whole",
-                   help="whole-image or sliding-window inference (default: whole)")
-    p.add_argument("--tta", action="store_true",
-                   help="the paper's test-time augmentation: scales "
-                        "0.5,0.75,1.0,1.25,1.5,1.75 and flipping")
-    p.add_argument("--scales", metavar="LIST", help="comma-separated image scales")
-    p.add_argument("--flip", action="store_true", help="also average over mirrored images")
-    p.add_argument("--crop", metavar="HxW", default="1024x1024",
-                   help="sliding-window size (default 1024x1024)")
-    p.add_argument("--stride", metavar="HxW",
-                   help="sliding-window step (default: two thirds of --crop)")
-    p.add_argument("--batch-size", type=int, default=1,
-                   help="windows per network call in slide mode (default 1)")
+    add_segmenter_options(p)
     p.add_argument("--limit", type=int, metavar="N", help="score the first N images only")
     p.add_argument("--workers", type=int, default=0, metavar="N",
                    help="image loading worker processes (default 0)")
-    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    add_device_option(p)
     add_quiet(p)
     p.set_defaults(func=run_seg)
 
 
 def run_seg(args: argparse.Namespace) -> int:
-    from ..errors import D3NetError
-    from ..evaluate.seg import evaluate_seg
-    from ..utils import resolve_device
-    from .segment import inference_options
-
     if args.workers < 0:
         raise D3NetError(f"--workers must be >= 0, got {args.workers}")
     matrix = evaluate_seg(args.root, model_spec(args), split=args.split,
                           device=resolve_device(args.device), limit=args.limit,
                           workers=args.workers, progress=not args.quiet,
-                          **inference_options(args))
+                          **segmenter_options(args))
     print(matrix.format_table())
     return 0

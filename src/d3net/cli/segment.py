@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from . import add_model_option, add_quiet, model_spec
+from ..errors import D3NetError
+from ..image import find_images
+from ..segment import Segmenter
+from ..utils import parse_scales, parse_size, resolve_device
+from . import add_device_option, add_model_option, add_quiet, model_spec
 
 #: What ``d3net segment`` uses without ``--model`` or ``$D3NET_MODEL``.
 DEFAULT_MODEL = "official-d3net-s"
@@ -23,65 +26,53 @@ def register(subparsers) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
     add_model_option(p, "seg", default=DEFAULT_MODEL)
-    p.add_argument("--mode", choices=["whole", "slide"], default="whole",
-                   help="whole-image or sliding-window inference (default: whole)")
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation of the paper: scales 0.5,0.75,1.0,1.25,1.5,1.75 "
-                        "and flipping")
-    p.add_argument("--scales", metavar="LIST",
-                   help="comma-separated image scales, e.g. 0.75,1,1.25")
-    p.add_argument("--flip", action="store_true", help="also average over mirrored images")
-    p.add_argument("--crop", metavar="HxW", default="1024x1024",
-                   help="sliding-window size (default 1024x1024)")
-    p.add_argument("--stride", metavar="HxW",
-                   help="sliding-window step (default: two thirds of --crop)")
-    p.add_argument("--batch-size", type=int, default=1,
-                   help="images (whole) or windows (slide) per network call (default 1)")
+    add_segmenter_options(p)
     p.add_argument("--alpha", type=float, default=0.5,
                    help="opacity of the class colours in the overlay (default 0.5)")
-    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    add_device_option(p)
     add_quiet(p)
     p.set_defaults(func=run)
 
 
-def inference_options(args: argparse.Namespace) -> dict:
-    """The :class:`d3net.segment.Segmenter` options given on the command line."""
-    from ..errors import D3NetError
-    from ..segment import TTA_SCALES, parse_scales, parse_size
+def add_segmenter_options(parser: argparse.ArgumentParser) -> None:
+    """The :class:`d3net.segment.Segmenter` options (``d3net segment``, ``d3net evaluate
+    seg``); read them with :func:`segmenter_options`."""
+    parser.add_argument("--mode", choices=["whole", "slide"], default="whole",
+                        help="whole-image or sliding-window inference (default: whole)")
+    parser.add_argument("--tta", action="store_true",
+                        help="the paper's test-time augmentation: scales "
+                             "0.5,0.75,1.0,1.25,1.5,1.75 and flipping")
+    parser.add_argument("--scales", metavar="LIST",
+                        help="comma-separated image scales, e.g. 0.75,1,1.25")
+    parser.add_argument("--flip", action="store_true", help="also average over mirrored images")
+    parser.add_argument("--crop", metavar="HxW", default="1024x1024",
+                        help="sliding-window size (default 1024x1024)")
+    parser.add_argument("--stride", metavar="HxW",
+                        help="sliding-window step (default: two thirds of --crop)")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="images (whole) or windows (slide) per network call (default 1)")
 
+
+def segmenter_options(args: argparse.Namespace) -> dict:
+    """The :class:`d3net.segment.Segmenter` keyword arguments given on the command line
+    (checked by the Segmenter; the texts are parsed here)."""
     if args.tta and args.scales:
         raise D3NetError("--tta already sets the scales; give either --tta or --scales")
-    options = {"mode": args.mode, "flip": bool(args.flip or args.tta),
-               "scales": TTA_SCALES if args.tta else
-               (parse_scales(args.scales) if args.scales else (1.0,))}
-    if getattr(args, "crop", None):
-        options["crop"] = parse_size(args.crop, "--crop")
-    if getattr(args, "stride", None):
-        options["stride"] = parse_size(args.stride, "--stride")
-    if getattr(args, "batch_size", None) is not None:
-        options["batch_size"] = args.batch_size
-    return options
+    return {"mode": args.mode, "tta": args.tta, "flip": args.flip,
+            "scales": parse_scales(args.scales, "--scales") if args.scales else (1.0,),
+            "crop": parse_size(args.crop, "--crop"), "batch_size": args.batch_size,
+            "stride": parse_size(args.stride, "--stride") if args.stride else None}
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import D3NetError
-    from ..segment import Segmenter, find_images, segment_files
-    from ..utils import check_writable, resolve_device
-
     if not 0.0 <= args.alpha <= 1.0:
         raise D3NetError(f"--alpha must be in [0, 1], got {args.alpha}")
-    options = inference_options(args)
-    # a missing input, colliding names or an unwritable -o fail before loading the model
-    pairs = find_images(args.inputs)
-    check_writable(*{Path(args.output, stem).parent for _, stem in pairs})
-    model = model_spec(args)
-    device = resolve_device(args.device)
-    segmenter = Segmenter.from_pretrained(model, device=device,
+    options = segmenter_options(args)
+    find_images(args.inputs, args.output)  # bad inputs or -o fail before the model loads
+    segmenter = Segmenter.from_pretrained(model_spec(args), device=resolve_device(args.device),
                                           download_progress=not args.quiet, **options)
-    count = 0
-    for _ in segment_files(segmenter, args.inputs, args.output, progress=not args.quiet,
-                           alpha=args.alpha):
-        count += 1
+    count = sum(1 for _ in segmenter.segment_files(args.inputs, args.output, alpha=args.alpha,
+                                                   progress=not args.quiet))
     if not args.quiet:
         print(f"segmented {count} image(s) into {args.output}")
     return 0

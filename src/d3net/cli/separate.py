@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import add_model_option, add_quiet, model_spec
+from . import add_device_option, add_model_option, add_quiet, model_spec
 
 #: Every stem name separate can write (targets and the accompaniment).
 STEM_NAMES = ("vocals", "drums", "bass", "other", "accompaniment")
@@ -25,8 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder")
     add_model_option(p, "mss", default=DEFAULT_MODEL)
     p.add_argument("--targets", help="comma-separated subset of the model's targets")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if "
-                   "available)")
+    add_device_option(p)
     p.add_argument("--wiener-iterations", type=int, default=1, metavar="N",
                    help="0 = no filter, 1 = the official filter (default), more = EM iterations")
     p.add_argument("--no-flip", action="store_true",

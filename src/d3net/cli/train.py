@@ -23,7 +23,7 @@ from ..train import mss as mss_recipe
 from ..train import seg as seg_recipe
 from ..train.hparams import HyperParams, shown_default
 from ..utils import check_writable
-from . import add_quiet
+from . import add_device_option, add_quiet
 
 PLAIN_TYPES = {int: "N", float: "X", str: "TEXT"}
 """Types an option reads as they are, and their default metavar."""
@@ -93,8 +93,7 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
                         "(default); 'on' needs CUDA (PyTorch's SyncBatchNorm refuses CPU)")
     p.add_argument("--workers", type=int, default=0, metavar="N",
                    help="data loading worker processes (default 0: load in the main process)")
-    p.add_argument("--device", help="cpu, cuda (default: cuda when available; under torchrun "
-                                    "each process uses cuda:LOCAL_RANK)")
+    add_device_option(p, "; under torchrun each process uses cuda:LOCAL_RANK")
     add_quiet(p)
 
 

@@ -21,136 +21,13 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import D3NetError
+from ..image import (CITYSCAPES_MEAN, CITYSCAPES_STD, IMAGE_EXTENSIONS, NUM_CLASSES, ImageLike,
+                     image_to_array, normalize_image, read_image, read_label)
 from ..palette import IGNORE_INDEX
-
-#: Mean and standard deviation of the official recipe, per RGB channel, in 0..255 units.
-CITYSCAPES_MEAN = (123.675, 116.28, 103.53)
-CITYSCAPES_STD = (58.395, 57.12, 57.375)
-NUM_CLASSES = 19
-
-#: Official Cityscapes label id -> train id for the 19 evaluated classes (from the
-#: published label definitions); every other id (void, parking, rail track, guard rail,
-#: bridge, tunnel, polegroup, caravan, trailer, ...) maps to 255.
-LABEL_ID_TO_TRAIN_ID: dict[int, int] = {
-    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
-    24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
-}
-#: Inverse table; ignore (255) becomes label id 0 ("unlabeled").
-TRAIN_ID_TO_LABEL_ID: dict[int, int] = {t: i for i, t in LABEL_ID_TO_TRAIN_ID.items()}
-
-_LABEL_TO_TRAIN_LUT = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-for _label_id, _train_id in LABEL_ID_TO_TRAIN_ID.items():
-    _LABEL_TO_TRAIN_LUT[_label_id] = _train_id
-_TRAIN_TO_LABEL_LUT = np.zeros(256, dtype=np.uint8)
-for _train_id, _label_id in TRAIN_ID_TO_LABEL_ID.items():
-    _TRAIN_TO_LABEL_LUT[_train_id] = _label_id
-
-#: EXIF tag holding how a camera's stored pixels must be turned for display (1 = as stored,
-#: 2..8 = mirrored and/or turned by 90, 180 or 270 degrees).
-EXIF_ORIENTATION = 0x0112
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
-
-ImageLike = Union[Image.Image, np.ndarray]
-
-
-def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
-    """Map official Cityscapes label ids (0..33, as in ``*_labelIds.png``) to train ids.
-
-    Args:
-        label_ids: integer array of any shape with values in 0..255.
-    Returns:
-        uint8 array of the same shape: 0..18, or 255 for classes not evaluated.
-    """
-    return _LABEL_TO_TRAIN_LUT[np.asarray(label_ids).astype(np.intp, copy=False)]
-
-
-def train_ids_to_label_ids(train_ids: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`label_ids_to_train_ids`; 255 (and any id > 18) becomes 0."""
-    return _TRAIN_TO_LABEL_LUT[np.asarray(train_ids).astype(np.intp, copy=False)]
-
-
-# --------------------------------------------------------------------------- images
-
-def image_to_array(image: ImageLike) -> np.ndarray:
-    """An image as float32 RGB ``(height, width, 3)`` in 0..255 units.
-
-    Accepted: PIL modes RGB, RGBA/RGBX (alpha dropped, not composited), L and LA
-    (gray replicated to three channels), 1, P and PA (palette expanded), CMYK and YCbCr
-    (converted by Pillow), I;16* and I (16-bit: divided by 257 so 65535 -> 255);
-    numpy uint8 or uint16 arrays shaped ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or
-    ``(H, W, 4)``. Anything else raises :class:`D3NetError`.
-    """
-    if isinstance(image, Image.Image):
-        return _pil_to_array(image)
-    if isinstance(image, np.ndarray):
-        return _numpy_to_array(image)
-    raise D3NetError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
-
-
-def _pil_to_array(image: Image.Image) -> np.ndarray:
-    mode = image.mode
-    if mode in ("RGB", "RGBA", "RGBX"):
-        array = np.asarray(image)[..., :3]
-    elif mode in ("L", "LA", "1"):
-        gray = np.asarray(image.convert("L"))
-        array = np.repeat(gray[..., None], 3, axis=2)
-    elif mode in ("P", "PA"):
-        # Through RGBA so that palette transparency is dropped without a warning.
-        array = np.asarray(image.convert("RGBA"))[..., :3]
-    elif mode in ("CMYK", "YCbCr"):
-        array = np.asarray(image.convert("RGB"))
-    elif mode.startswith("I;16") or mode == "I":
-        values = np.asarray(image)
-        if values.ndim != 2:
-            raise D3NetError(f"unsupported {mode} image with shape {values.shape}")
-        if values.size and (values.min() < 0 or values.max() > 65535):
-            raise D3NetError(f"unsupported image mode {mode}: values outside the 16-bit "
-                             f"range 0..65535 ({values.min()}..{values.max()})")
-        gray = values.astype(np.float32) / 257.0
-        return np.repeat(gray[..., None], 3, axis=2)
-    else:
-        raise D3NetError(f"unsupported image mode {mode!r}; use RGB, RGBA, grayscale (L), "
-                         "16-bit grayscale (I;16) or palette (P) images")
-    return array.astype(np.float32)
-
-
-def _numpy_to_array(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.uint8:
-        scale = 1.0
-    elif array.dtype == np.uint16:
-        scale = 1.0 / 257.0
-    else:
-        raise D3NetError(f"image arrays must be uint8 or uint16, got {array.dtype} "
-                         "(float arrays are ambiguous: 0..1 or 0..255?)")
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise D3NetError(f"image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
-                         f"got shape {array.shape}")
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
-    return array[..., :3].astype(np.float32) * scale
-
-
-def normalize_image(image: ImageLike, mean: Sequence[float] = CITYSCAPES_MEAN,
-                    std: Sequence[float] = CITYSCAPES_STD) -> torch.Tensor:
-    """Turn an image into the network's input: ``(x - mean) / std`` in 0..255 units.
-
-    Args:
-        image: PIL image or numpy array, any mode :func:`image_to_array` accepts.
-        mean, std: per-channel statistics (RGB order), in 0..255 units.
-    Returns:
-        float32 tensor ``(3, height, width)``.
-    """
-    array = image_to_array(image)
-    tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (tensor - mean_t) / std_t
+from ..utils import parse_size
 
 
 def _label_tensor(label: Optional[np.ndarray], size: tuple[int, int],
@@ -217,12 +94,8 @@ class TrainTransform:
                  mean: Sequence[float] = CITYSCAPES_MEAN,
                  std: Sequence[float] = CITYSCAPES_STD, ignore_index: int = IGNORE_INDEX,
                  generator: Optional[torch.Generator] = None):
-        if isinstance(crop, int):
-            crop = (crop, crop)
         if crop is not None:
-            crop = tuple(int(c) for c in crop)
-            if len(crop) != 2 or min(crop) <= 0:
-                raise D3NetError(f"crop must be (height, width) with positive sides, got {crop}")
+            crop = parse_size(crop, "crop")
         if scale_range is not None:
             scale_range = tuple(float(s) for s in scale_range)
             if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
@@ -323,55 +196,6 @@ class Sample:
     label_ids: bool = False
 
 
-def read_image(path: Union[str, os.PathLike]) -> Image.Image:
-    """Open and decode an image file the way image viewers show it.
-
-    The one function through which d3net reads images: for inference
-    (:class:`d3net.segment.Segmenter`), training data and evaluation (the datasets here),
-    label PNGs included. An EXIF orientation (phone photos are often stored landscape with
-    "turn 90 degrees" in their EXIF) is applied with Pillow's ``ImageOps.exif_transpose``,
-    so that labels and overlays line up with the photo as every viewer displays it. An
-    image without one is returned as decoded (no copy): the check reads a tag Pillow has
-    already parsed.
-
-    Raises:
-        D3NetError: naming the file, when it is missing, a folder or not a readable image.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise D3NetError(f"{path} is a folder, not an image")
-    try:
-        image = Image.open(path)
-        image.load()  # decodes and, for single-frame files, closes the file
-        if image.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9):
-            image = ImageOps.exif_transpose(image)
-        return image
-    except FileNotFoundError:
-        raise D3NetError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise D3NetError(f"cannot read image {path}: {error}") from None
-
-
-def read_label(path: Union[str, os.PathLike], label_ids: bool = False) -> np.ndarray:
-    """Read a single-channel label PNG as a uint8 ``(height, width)`` train-id map.
-
-    Args:
-        path: label image (8-bit grayscale or palette; 16-bit accepted if values <= 255).
-        label_ids: the file holds official Cityscapes label ids; map them to train ids.
-    """
-    image = read_image(path)
-    if image.mode not in ("L", "P", "I", "I;16", "I;16L", "I;16B", "1"):
-        raise D3NetError(f"label {path} has mode {image.mode}; expected a single-channel "
-                         "PNG of class ids (8-bit grayscale or palette), not a colour image")
-    values = np.asarray(image)
-    if values.dtype != np.uint8:
-        if values.size and (values.min() < 0 or values.max() > 255):
-            raise D3NetError(f"label {path} holds ids outside 0..255 "
-                             f"({values.min()}..{values.max()})")
-        values = values.astype(np.uint8)
-    return label_ids_to_train_ids(values) if label_ids else values
-
-
 class SegmentationDataset(torch.utils.data.Dataset):
     """Images with optional train-id label maps; the base of the datasets below.
 
@@ -428,7 +252,7 @@ class CityscapesDataset(SegmentationDataset):
 
     Labels come from ``*_gtFine_labelTrainIds.png``; where only
     ``*_gtFine_labelIds.png`` exists, the official ids are converted to train ids with
-    :data:`LABEL_ID_TO_TRAIN_ID` (one warning per dataset says so). The ``test`` split,
+    :data:`d3net.image.LABEL_ID_TO_TRAIN_ID` (one warning per dataset says so). The ``test`` split,
     whose labels Cityscapes does not publish, may have no label files: such images get
     an all-ignore label. In other splits, an image without a label is an error.
 

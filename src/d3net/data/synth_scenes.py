@@ -31,9 +31,9 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from ..errors import D3NetError
+from ..image import train_ids_to_label_ids
 from ..palette import IGNORE_INDEX
 from ..utils import atomic_path, check_writable
-from .cityscapes import train_ids_to_label_ids
 
 # Train ids, named for readability.
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY = range(11)

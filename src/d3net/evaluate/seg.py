@@ -13,13 +13,17 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from tqdm.auto import tqdm
 
+from ..data.cityscapes import CityscapesDataset, EvalTransform
 from ..errors import D3NetError
 from ..models import load
 from ..segment import Segmenter
 from ..utils import PathLike, resolve_device, unwrap
 from .miou import ConfusionMatrix
+
 
 def evaluate_seg(root: Union[PathLike, torch.utils.data.Dataset],
                  model: Union[nn.Module, Segmenter, PathLike], split: str = "val",
@@ -72,7 +76,6 @@ def evaluate_seg(root: Union[PathLike, torch.utils.data.Dataset],
         num_workers=workers)
     network.eval()
     try:
-        from tqdm.auto import tqdm
         for image, label in tqdm(loader, desc=f"evaluate {split}", unit="image", leave=False,
                                  disable=not (progress and rank == 0)):
             labels = segmenter.predict(image)
@@ -111,7 +114,6 @@ class _Normalised(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        from ..data.cityscapes import EvalTransform
         image, label = self.dataset.load(index)
         if label is None:
             raise D3NetError(f"image {index} of the evaluation set has no label")
@@ -121,7 +123,6 @@ class _Normalised(torch.utils.data.Dataset):
 def _dataset(root, split: str, segmenter: Segmenter):
     if isinstance(root, torch.utils.data.Dataset):
         return _Normalised(root, segmenter) if hasattr(root, "load") else root
-    from ..data.cityscapes import CityscapesDataset
     dataset = CityscapesDataset(Path(root), split)
     if not dataset.has_labels:
         raise D3NetError(f"{Path(root) / 'gtFine' / split}: the {split} split has no labels to "
@@ -130,7 +131,6 @@ def _dataset(root, split: str, segmenter: Segmenter):
 
 
 def _rank_world(distributed: bool) -> tuple:
-    import torch.distributed as dist
     if distributed and dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1

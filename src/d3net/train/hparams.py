@@ -11,7 +11,6 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 from ..errors import D3NetError
 from ..nn import DEFAULT_RECOMPUTE, RECOMPUTE_MODES
-from ..segment import parse_size
 
 AMP_HELP = ("mixed precision: bfloat16 where the device has it natively (recent GPUs, CPUs "
             "with AVX-512 BF16 or AMX), float16 with gradient scaling on older GPUs")
@@ -81,11 +80,6 @@ def parse_range(text: str, flag: str) -> Tuple[float, float]:
     if len(values) != 2:
         raise D3NetError(f"{flag} must be LOW,HIGH or none, got {text!r}")
     return values  # type: ignore[return-value]
-
-
-def parse_crop(text: str, flag: str) -> Tuple[int, int]:
-    """``"512x1024"`` -> ``(512, 1024)`` (height, width)."""
-    return parse_size(text, flag)
 
 
 # ----------------------------------------------------------------------------------------
@@ -166,4 +160,4 @@ class HyperParams:
 
 
 __all__ = ["HyperParams", "option", "AMP_HELP", "shown_default", "parse_int_list",
-           "parse_range", "parse_crop"]
+           "parse_range"]

@@ -61,8 +61,8 @@ from ..data.cityscapes import AugmentedDataset, CityscapesDataset, TrainTransfor
 from ..errors import D3NetError
 from ..evaluate.seg import evaluate_seg
 from ..palette import IGNORE_INDEX
-from ..utils import PathLike
-from .hparams import AMP_HELP, HyperParams, option, parse_crop, parse_range
+from ..utils import PathLike, parse_size
+from .hparams import AMP_HELP, HyperParams, option, parse_range
 from .init import glorot_init_
 from .solver import Metric, RunFiles, Trainer
 
@@ -79,7 +79,7 @@ class SegHyperParams(HyperParams):
     iters: int = option(80_000, "total optimisation steps", resumable=True, metavar="N")
     batch_size: int = option(8, "images per optimisation step and process", metavar="N")
     crop: Tuple[int, int] = option((512, 1024), "training crop", metavar="HxW",
-                                   parse=parse_crop, shown="512x1024")
+                                   parse=parse_size, shown="512x1024")
     scale_range: Optional[Tuple[float, float]] = option(
         (0.5, 2.0), "random rescaling before cropping, 'none' to disable",
         metavar="LOW,HIGH|none", parse=parse_range)
