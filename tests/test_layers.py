@@ -1,6 +1,7 @@
 """The import arrows of ARCHITECTURE.md, read from the source with ``ast``: inference
-(separation, segmentation, evaluation), models, layers, audio and data never import
-training or the command line, and the layers never import the models."""
+(separation, segmentation, evaluation), models, layers, audio, images and data never import
+training or the command line, the layers never import the models, and segmentation
+reads images without the dataset modules."""
 from __future__ import annotations
 
 import ast
@@ -10,8 +11,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "d3net"
 FORBIDDEN = {
-    ("separate", "segment", "models", "nn", "audio", "evaluate", "data"): ("train", "cli"),
+    ("separate", "segment", "models", "nn", "audio", "image", "evaluate", "data"): ("train",
+                                                                                  "cli"),
     ("nn",): ("models",),
+    ("segment", "image"): ("data",),  # inference reads images without the dataset modules
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -27,12 +27,9 @@ from .miou import ConfusionMatrix
 
 def evaluate_seg(root: Union[PathLike, torch.utils.data.Dataset],
                  model: Union[nn.Module, Segmenter, PathLike], split: str = "val",
-                 mode: str = "whole", scales: Sequence[float] = (1.0,), flip: bool = False,
-                 tta: bool = False, crop: Union[int, Sequence[int]] = (1024, 1024),
-                 stride: Union[int, Sequence[int], None] = None, batch_size: int = 1,
                  device: Union[str, torch.device, None] = None, limit: Optional[int] = None,
-                 workers: int = 0, distributed: bool = False,
-                 progress: bool = True) -> ConfusionMatrix:
+                 workers: int = 0, distributed: bool = False, progress: bool = True,
+                 **options) -> ConfusionMatrix:
     """Segment every image of a split and score it against its labels.
 
     Args:
@@ -41,12 +38,10 @@ def evaluate_seg(root: Union[PathLike, torch.utils.data.Dataset],
             with its ``load(index)`` method (as :class:`d3net.data.cityscapes.
             SegmentationDataset`), or ``(normalised image (3, H, W), labels (H, W))`` items.
         model: a segmentation network, a :class:`Segmenter` (used with its own inference
-            options; ``mode`` ... ``batch_size`` are then ignored), or a model spec (a
-            weight name such as ``official-d3net-s``, a model file, a run folder or an
-            official ``.h5``; see :mod:`d3net.models.loading`).
+            options; ``options`` are then ignored), or a model spec (a weight name such as
+            ``official-d3net-s``, a model file, a run folder or an official ``.h5``; see
+            :mod:`d3net.models.loading`).
         split: the Cityscapes split (``val``; ``train`` works too).
-        mode, scales, flip, tta, crop, stride, batch_size: inference options of
-            :class:`Segmenter`.
         device: where to run (default: where the model is; CUDA when loading a path and
             CUDA is available).
         limit: score only the first ``limit`` images (quick checks).
@@ -55,14 +50,14 @@ def evaluate_seg(root: Union[PathLike, torch.utils.data.Dataset],
             every ``world_size``-th image and the confusion matrices are summed over the
             ranks (a collective call: every rank must make it).
         progress: show a progress bar.
+        **options: inference options of :class:`Segmenter` (``mode``, ``scales``, ``flip``,
+            ``tta``, ``crop``, ``stride``, ``batch_size``).
 
     Returns:
         The :class:`ConfusionMatrix` (``.miou()``, ``.iou()``, ``.format_table()``). The
         model is left in the training/eval mode it came in.
     """
-    segmenter, network, was_training = _segmenter(
-        model, device, progress, mode=mode, scales=scales, flip=flip, tta=tta, crop=crop,
-        stride=stride, batch_size=batch_size)
+    segmenter, network, was_training = _segmenter(model, device, progress, **options)
     dataset = _dataset(root, split, segmenter)
     indices = list(range(len(dataset)))
     if limit is not None:
