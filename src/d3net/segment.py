@@ -197,8 +197,7 @@ class Segmenter(nn.Module):
 
     def normalize(self, image: ImageLike) -> Tensor:
         """A PIL image or uint8/uint16 array (any mode :func:`d3net.image.image_to_array`
-        accepts) -> normalised ``(3, H, W)`` float32 with the model's
-        mean/std."""
+        accepts) -> normalised ``(3, H, W)`` float32 with the model's mean/std."""
         return normalize_image(image, self.mean, self.std)
 
     def predict_image(self, image: Union[PathLike, ImageLike]
