@@ -13,7 +13,7 @@ import torch
 from conftest import TINY_MSS
 from d3net import models
 from d3net.cli import main
-from d3net.separate import TARGETS
+from d3net.configs import TARGETS
 
 
 @pytest.fixture(scope="module")

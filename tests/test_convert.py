@@ -17,11 +17,10 @@ import pytest
 import torch
 
 from d3net import models
+from d3net.configs import TARGETS
 from d3net.convert import load_nnabla, read_nnabla_h5, seg_name_map
 from d3net.errors import D3NetError
 from d3net.utils import exact_float32
-
-TARGETS = ["vocals", "drums", "bass", "other"]
 
 
 KERNELS = {"onednn": contextlib.nullcontext, "native": exact_float32}

@@ -25,7 +25,8 @@ import torch
 
 from d3net.audio import spectral
 from d3net.audio.wiener import wiener
-from d3net.separate import TARGETS, Separator
+from d3net.configs import TARGETS
+from d3net.separate import Separator
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "official" / "mss"
 TOLERANCE = 1e-4

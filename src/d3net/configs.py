@@ -25,6 +25,9 @@ from .image import CITYSCAPES_MEAN, CITYSCAPES_STD
 from .nn import DILATION_MODES
 
 TARGETS = ("vocals", "drums", "bass", "other")
+"""The four sources of music separation (MUSDB18's, in its order), one network each."""
+ACCOMPANIMENT = TARGETS[1:]
+"""The sources the accompaniment sums: everything but the vocals."""
 
 
 @dataclass

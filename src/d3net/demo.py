@@ -13,11 +13,11 @@ from typing import Dict, Optional, Union
 import numpy as np
 import torch
 
+from .configs import TARGETS
 from .errors import D3NetError
 from .models import hub
 from .utils import check_writable
 
-TARGETS = ("vocals", "drums", "bass", "other")
 #: Demo and held-out evaluation songs use seeds from here; training songs use 64-bit hashed
 #: seeds (``synth_music.song_seed``), which these small seeds never equal.
 FIRST_DEMO_SEED = 10_000

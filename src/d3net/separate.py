@@ -57,9 +57,9 @@ from tqdm.auto import tqdm
 from d3net import backends
 from d3net.audio import io, spectral
 from d3net.audio.wiener import wiener
+from d3net.configs import TARGETS
 from d3net.errors import D3NetError
 
-TARGETS = ("vocals", "drums", "bass", "other")
 COMPAT_MODES = (None, "official")
 MODES = ("default", "fast")
 # fast mode: no channel flip, patches side by side (see FAST_OVERLAP's measurement in

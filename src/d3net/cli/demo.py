@@ -23,7 +23,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import TARGETS, run_demo
+    from ..configs import TARGETS
+    from ..demo import run_demo
 
     result = run_demo(args.out, seed=args.seed, seconds=args.seconds, device=args.device,
                       progress=not args.quiet)

@@ -57,12 +57,12 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from d3net.configs import ACCOMPANIMENT, TARGETS
 from d3net.errors import D3NetError
 from d3net.utils import PathLike, atomic_path
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")
-SOURCES = ("vocals", "drums", "bass", "other")
-COLUMNS = SOURCES + ("accompaniment", "average")
+COLUMNS = TARGETS + ("accompaniment", "average")
 """Summary columns; ``average`` is the mean of the four sources' medians (paper Table 4)."""
 _HEADERS = {"vocals": "Vocals", "drums": "Drums", "bass": "Bass", "other": "Other",
             "accompaniment": "Acco.", "average": "Avg."}
@@ -180,15 +180,14 @@ def _prepare(references: Mapping[str, np.ndarray], estimates: Mapping[str, np.nd
         estimate = _audio(value, f"{name} estimate")
         ests[name] = _fit(estimate, refs[name], f"the {name} estimate") if name in refs \
             else estimate
-    parts = ("drums", "bass", "other")
     if accompaniment:
         for what, store in (("references", refs), ("estimates", ests)):
-            if "accompaniment" not in store and all(p in store for p in parts):
-                shapes = {store[p].shape for p in parts}
+            if "accompaniment" not in store and all(p in store for p in ACCOMPANIMENT):
+                shapes = {store[p].shape for p in ACCOMPANIMENT}
                 if len(shapes) > 1:
                     raise D3NetError(f"cannot sum drums, bass and other {what} of shapes "
                                      f"{sorted(shapes)} into the accompaniment")
-                store["accompaniment"] = sum(store[p] for p in parts)
+                store["accompaniment"] = sum(store[p] for p in ACCOMPANIMENT)
     targets = [t for t in ests if t in refs]
     if not targets:
         raise D3NetError(f"no target to score: estimates {sorted(ests)} and references "
@@ -272,8 +271,8 @@ def score_track(references: Mapping[str, np.ndarray], estimates: Mapping[str, np
     # the sources are scored together; accompaniment together with vocals (museval's
     # vocals/accompaniment scenario). Vocals keep the sources' scores, unless they are
     # the only source: alone they have no interferer, so they take the pair's scores.
-    group = [n for n in SOURCES if n in refs] + [
-        n for n in refs if n not in SOURCES and n != "accompaniment"]
+    group = [n for n in TARGETS if n in refs] + [
+        n for n in refs if n not in TARGETS and n != "accompaniment"]
     pair = ((["vocals"] if "vocals" in refs else []) + ["accompaniment"]
             if "accompaniment" in refs else [])
     if group == ["vocals"] and pair:
@@ -434,7 +433,7 @@ def summarize(per_track_scores: Mapping[str, dict] | Iterable[dict]) -> ScoreTab
         for column in COLUMNS[:-1]:
             medians = [s["median"][column][metric] for s in scores if column in s["median"]]
             row[column] = _nanmedian(medians)
-        present = [row[c] for c in SOURCES if not math.isnan(row[c])]
+        present = [row[c] for c in TARGETS if not math.isnan(row[c])]
         row["average"] = float(np.mean(present)) if present else math.nan
         values[metric] = row
     scenarios = {column: sorted({s["scenarios"][column] for s in scores

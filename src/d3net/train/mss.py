@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..audio import spectral
-from ..configs import MSSConfig, describe, load_config
+from ..configs import TARGETS, MSSConfig, describe, load_config
 from ..data import musdb
 from ..errors import D3NetError
 from ..utils import PathLike
@@ -302,9 +302,9 @@ class MSSTrainer(Trainer):
 
     def __init__(self, root: PathLike, target: str, out: PathLike, config: Any = None,
                  **kwargs: Any):
-        if target not in musdb.SOURCES:
+        if target not in TARGETS:
             raise D3NetError(f"unknown target {target!r}; train one of "
-                             f"{', '.join(musdb.SOURCES)}")
+                             f"{', '.join(TARGETS)}")
         super().__init__(run_paths(out, target), config, **kwargs)
         self.root, self.target = root, target
 
