@@ -22,7 +22,7 @@ import yaml
 
 from .errors import D3NetError
 from .image import CITYSCAPES_MEAN, CITYSCAPES_STD
-from .nn import DILATION_MODES
+from .nn import check_dilation
 
 TARGETS = ("vocals", "drums", "bass", "other")
 """The four sources of music separation (MUSDB18's, in its order), one network each."""
@@ -67,7 +67,7 @@ class SegConfig:
                                  f"got {len(value)}")
             setattr(self, name, value)
         self.mean, self.std = tuple(self.mean), tuple(self.std)
-        _check_mode(self.dilation, self.name)
+        check_dilation(self.dilation, f"config {self.name}: ")
         if self.head not in ("fcn", "ocr"):
             raise D3NetError(f"config {self.name}: head must be 'fcn' or 'ocr', got {self.head!r}")
 
@@ -152,7 +152,7 @@ class MSSConfig:
                            for b in self.bands)
         if isinstance(self.full, dict):
             self.full = BranchConfig(**self.full)
-        _check_mode(self.dilation, self.name)
+        check_dilation(self.dilation, f"config {self.name}: ")
         if self.full is None or not self.bands:
             raise D3NetError(f"config {self.name}: needs band branches and a full-band branch")
         if len(self.bands) != len(self.band_split) + 1:
@@ -186,11 +186,6 @@ class MSSConfig:
 
 Config = Union[SegConfig, MSSConfig]
 
-
-def _check_mode(dilation: str, name: str) -> None:
-    if dilation not in DILATION_MODES:
-        raise D3NetError(f"config {name}: dilation must be one of {DILATION_MODES}, "
-                         f"got {dilation!r}")
 
 
 # ----------------------------------------------------------------------------- presets

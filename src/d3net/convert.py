@@ -15,17 +15,16 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from .configs import MSSConfig, SegConfig, TARGETS, describe, load_config, preset
+from .configs import MSSConfig, TARGETS, describe, load_config, preset
 from .errors import D3NetError
-from .utils import check_writable
+from .utils import PathLike, check_writable
 
-PathLike = Union[str, Path]
 Mapping = Dict[str, str]  # official name -> our state_dict key
 
 

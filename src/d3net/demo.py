@@ -6,9 +6,8 @@ synthetic songs by ``scripts/train_demo.py``; the demo draws songs from small se
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -16,7 +15,7 @@ import torch
 from .configs import TARGETS
 from .errors import D3NetError
 from .models import hub
-from .utils import check_writable
+from .utils import PathLike, check_writable
 
 #: Demo and held-out evaluation songs use seeds from here; training songs use 64-bit hashed
 #: seeds (``synth_music.song_seed``), which these small seeds never equal.
@@ -30,7 +29,7 @@ def bundled_model_dir() -> Path:
     return hub.fetch("demo", progress=False)
 
 
-def run_demo(out: Union[str, os.PathLike], seed: int = FIRST_DEMO_SEED,
+def run_demo(out: PathLike, seed: int = FIRST_DEMO_SEED,
              seconds: float = DEMO_SECONDS, device: Optional[str] = None,
              progress: bool = True, scorer: str = "auto") -> Dict[str, object]:
     """Generate a song, separate it, write audio + a spectrogram figure, score it.

@@ -33,14 +33,21 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .errors import D3NetError
+
 DILATION_MODES = ("multi", "standard", "none")
 RECOMPUTE_MODES = ("none", "unit", "d2", "d3")
 DEFAULT_RECOMPUTE = "unit"
 
 
-def check_dilation(dilation: str) -> str:
+def check_dilation(dilation: str, owner: str = "") -> str:
+    """``dilation`` if it is one of :data:`DILATION_MODES`.
+
+    Raises:
+        D3NetError: another mode (the message starts with ``owner``, e.g. a config name).
+    """
     if dilation not in DILATION_MODES:
-        raise ValueError(f"dilation must be one of {DILATION_MODES}, got {dilation!r}")
+        raise D3NetError(f"{owner}dilation must be one of {DILATION_MODES}, got {dilation!r}")
     return dilation
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..configs import MSSConfig, describe, from_dict, to_dict
 from ..errors import D3NetError
-from ..utils import atomic_path
+from ..utils import PathLike, atomic_path
 from .segmentation import D3NetSegmentation
 from .separation import D3NetMSS
 
@@ -34,7 +34,7 @@ def build(config) -> nn.Module:
     return D3NetSegmentation(config)
 
 
-def save(model: nn.Module, path: Union[str, Path], extra: Optional[Dict[str, str]] = None) -> Path:
+def save(model: nn.Module, path: PathLike, extra: Optional[Dict[str, str]] = None) -> Path:
     """Write ``model`` (weights + config) to one ``.safetensors`` file, atomically."""
     from safetensors.torch import save_file
 
@@ -51,7 +51,7 @@ def save(model: nn.Module, path: Union[str, Path], extra: Optional[Dict[str, str
     return path
 
 
-def read_metadata(path: Union[str, Path]) -> Dict[str, str]:
+def read_metadata(path: PathLike) -> Dict[str, str]:
     """The metadata of a d3net model file, with a clear error for anything else."""
     from safetensors import safe_open
 
@@ -77,7 +77,7 @@ def file_task(metadata: Dict[str, str]) -> Optional[str]:
         return None
 
 
-def load_file(path: Union[str, Path], device: Union[str, torch.device, None] = None) -> nn.Module:
+def load_file(path: PathLike, device: Union[str, torch.device, None] = None) -> nn.Module:
     """Rebuild a model from one d3net ``.safetensors`` file, in eval mode.
 
     Raises:
