@@ -23,6 +23,7 @@ import yaml
 from .errors import D3NetError
 from .image import CITYSCAPES_MEAN, CITYSCAPES_STD
 from .nn import check_dilation
+from .utils import PathLike
 
 TARGETS = ("vocals", "drums", "bass", "other")
 """The four sources of music separation (MUSDB18's, in its order), one network each."""
@@ -298,13 +299,7 @@ def _renamed_mss_keys(data: Dict[str, Any]) -> Dict[str, Any]:
     return data
 
 
-def save_yaml(config: Config, path: Union[str, Path]) -> None:
-    from .utils import atomic_path
-    with atomic_path(path) as tmp:
-        tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-
-
-def load_config(source: Union[str, Path, Config, Dict[str, Any]], task: Optional[str] = None,
+def load_config(source: Union[PathLike, Config, Dict[str, Any]], task: Optional[str] = None,
                 target: Optional[str] = None) -> Config:
     """A config from a preset name, a YAML file (ours or the official format), or a dict.
 

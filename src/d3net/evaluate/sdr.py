@@ -385,14 +385,6 @@ def load_results(out_dir: PathLike) -> dict[str, dict]:
     return results
 
 
-def load_scored(out_dir: PathLike) -> set[str]:
-    """Names of the tracks already scored under ``out_dir`` (readable JSON files), so an
-    interrupted evaluation can skip them."""
-    if not Path(out_dir).is_dir():
-        return set()
-    return set(load_results(out_dir))
-
-
 # ----------------------------------------------------------------------------------------
 # summaries
 # ----------------------------------------------------------------------------------------
@@ -477,15 +469,6 @@ def scenario_note(table: ScoreTable) -> str:
     return note
 
 
-def format_comparison(tables: Mapping[str, ScoreTable], metric: str = "SDR") -> str:
-    """One row per method, e.g. ``{"D3Net (demo)": t1, "mixture (baseline)": t2}``."""
-    header = ["Method", *[_HEADERS[c] for c in COLUMNS]]
-    rows = [[name] + [_cell(t.values[metric][c]) for c in COLUMNS] for name, t in tables.items()]
-    scorers = sorted({s for t in tables.values() for s in t.scorers})
-    return (_markdown(header, rows) + f"\n{metric} in dB, median over 1 s frames then over "
-            f"tracks; scorer: {', '.join(scorers) or '-'}")
-
-
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     def line(cells):
@@ -497,7 +480,7 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 
 __all__ = [
     "METRICS", "COLUMNS", "museval_available", "museval_problem", "own_sdr", "score_track",
-    "track_json_path", "save_track_json", "load_track_json", "load_results", "load_scored",
-    "ScoreTable", "summarize", "format_table", "format_comparison", "scenario_note",
+    "track_json_path", "save_track_json", "load_track_json", "load_results",
+    "ScoreTable", "summarize", "format_table", "scenario_note",
     "scorer_version",
 ]
