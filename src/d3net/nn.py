@@ -4,9 +4,9 @@ Naming follows what the code does rather than the paper's letters (the paper's C
 section swaps M and L): ``num_layers`` is the number of layers in one D2 block and
 ``num_blocks`` the number of D2 blocks in one D3 block.
 
-The D2 block is computed in the official implementation's order (see NOTES.md), which is
-mathematically the paper's Eq. (2) with one BatchNorm per source instead of one per
-(layer, source) pair:
+The D2 block is computed in the order of Sony's official NNabla implementation
+(sony/ai-research-code, ``d3net/``), which is mathematically the paper's Eq. (2) with one
+BatchNorm per source instead of one per (layer, source) pair:
 
 1. an initial BN-ReLU-conv3x3 (dilation 1) maps the input to ``growth_rate * num_layers``
    channels, viewed as ``num_layers`` slices; slice ``j`` is the input's contribution to
