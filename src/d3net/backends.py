@@ -30,6 +30,7 @@ OpenVINO runs with as many threads as ``torch.get_num_threads()``, so one settin
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import os
 import shutil
@@ -205,7 +206,6 @@ def example_magnitude(model: D3NetMSS, frames: Optional[int] = None) -> Tensor:
 
 def float32_cpu_copy(model: D3NetMSS) -> D3NetMSS:
     """A float32, contiguous-layout CPU copy in eval mode (the caller's model is left as is)."""
-    import copy
     model = copy.deepcopy(model).float().cpu().eval()
     return model.to(memory_format=torch.contiguous_format)
 

@@ -58,6 +58,7 @@ from d3net.audio import io, spectral
 from d3net.audio.wiener import wiener
 from d3net.configs import TARGETS
 from d3net.errors import D3NetError
+from d3net.models import load_separation
 from d3net.utils import PathLike
 
 COMPAT_MODES = (None, "official")
@@ -255,8 +256,6 @@ class Separator(nn.Module):
         Raises:
             D3NetError: see :func:`d3net.models.load_separation`.
         """
-        from d3net.models import load_separation
-
         models = load_separation(model, targets=targets, device=device,
                                  progress=download_progress)
         return cls(models, device=device, **options)

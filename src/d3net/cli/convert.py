@@ -6,6 +6,9 @@ import warnings
 
 from . import add_quiet
 
+# The library is imported inside the functions, when a command runs: 'd3net --help'
+# builds every command's parser and stays fast.
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("convert", help="convert official weights to d3net model files")

@@ -5,6 +5,9 @@ import argparse
 
 from . import add_device_option, add_quiet
 
+# The library is imported inside the functions, when a command runs: 'd3net --help'
+# builds every command's parser and stays fast.
+
 
 def register(subparsers) -> None:
     from ..demo import DEMO_SECONDS, FIRST_DEMO_SEED

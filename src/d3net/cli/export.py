@@ -5,6 +5,9 @@ import argparse
 
 from . import add_quiet
 
+# The library is imported inside the functions, when a command runs: 'd3net --help'
+# builds every command's parser and stays fast.
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(

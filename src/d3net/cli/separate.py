@@ -7,7 +7,11 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..errors import D3NetError
 from . import add_device_option, add_model_option, add_quiet, model_spec
+
+# The library is imported inside the functions, when a command runs: 'd3net --help'
+# builds every command's parser and stays fast.
 
 #: What ``d3net separate`` uses without ``--model`` or ``$D3NET_MODEL``.
 DEFAULT_MODEL = "official-mss"
@@ -74,7 +78,6 @@ def output_folders(inputs: list[Path], out_root: Path, fmt: str) -> dict[Path, P
     that share a folder (``a/song.wav``, ``b/song.wav``, ``song.flac``) and an input that
     one of the stems written into a folder would overwrite (``out/x/vocals.wav -o out``)."""
     from ..configs import TARGETS
-    from ..errors import D3NetError
     from ..utils import check_unique_outputs
 
     check_unique_outputs(((path, str(out_root / output_name(path))) for path in inputs),
@@ -93,7 +96,6 @@ def output_folders(inputs: list[Path], out_root: Path, fmt: str) -> dict[Path, P
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..errors import D3NetError
     from ..separate import OutputLevelWarning, Separator
     from ..utils import check_writable, resolve_device
 

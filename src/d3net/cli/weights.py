@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import D3NetError
 from . import add_quiet
+
+# The library is imported inside the functions, when a command runs: 'd3net --help'
+# builds every command's parser and stays fast.
 
 
 def register(subparsers) -> None:
@@ -92,7 +96,6 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 
 def run_path(args: argparse.Namespace) -> int:
-    from ..errors import D3NetError
     from ..models import hub
     from ..models.weights import get_weights
 

@@ -25,9 +25,11 @@ from typing import Iterable, Sequence
 import numpy as np
 import soundfile as sf
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from d3net.audio.spectral import stft
 from d3net.configs import ACCOMPANIMENT, TARGETS
 from d3net.errors import D3NetError
 from d3net.utils import PathLike, atomic_path
@@ -195,7 +197,7 @@ def _import_musdb():
 
 
 def _stem_track(path: Path, subset: str) -> MUSDBTrack:
-    import stempeg
+    import stempeg  # optional dependency (extra "musdb")
 
     name = path.name[: -len(".stem.mp4")]
     try:
@@ -442,8 +444,6 @@ def _mono_magnitudes(track: MUSDBTrack, start: int, stop: int, n_fft: int, hop: 
     """Yield ``(frames, bins)`` float64 blocks of the channel-averaged STFT magnitude of
     the mixture samples ``[start, stop)``: the frames of one :func:`stft` of that excerpt,
     computed ``chunk_frames`` frames at a time to bound memory on long tracks."""
-    from d3net.audio.spectral import stft
-
     half = n_fft // 2
     length = stop - start
     total = length // hop + 1
@@ -523,7 +523,6 @@ def save_stats(path: PathLike, mean: Tensor, scale: Tensor) -> Path:
                          f"and {tuple(scale.shape)}")
     with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
             save_file({"mean": mean, "scale": scale}, str(tmp))
         else:
             with open(tmp, "wb") as file:
@@ -538,7 +537,6 @@ def load_stats(path: PathLike) -> tuple[Tensor, Tensor]:
         raise D3NetError(f"statistics file not found: {path}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
             data = {k: v.numpy() for k, v in load_file(str(path)).items()}
         else:
             with np.load(path) as npz:

@@ -52,11 +52,13 @@ import json
 import math
 import warnings
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 
+from d3net import __version__
 from d3net.configs import ACCOMPANIMENT, TARGETS
 from d3net.errors import D3NetError
 from d3net.utils import PathLike, atomic_path
@@ -95,7 +97,6 @@ def museval_available() -> bool:
 
 def _museval_version() -> str:
     try:
-        from importlib.metadata import version
         return version("museval")
     except Exception:  # not installed: the JSON still says which scorer was used
         return "n/a"
@@ -106,7 +107,6 @@ def scorer_version(scorer: str) -> str:
     ``"own"`` (recorded with per-track results so that they are reused only alike)."""
     if scorer == "museval":
         return f"museval {_museval_version()}"
-    from d3net import __version__
     return f"d3net {__version__}"
 
 
@@ -217,7 +217,7 @@ def _own_group(refs: dict[str, np.ndarray], ests: dict[str, np.ndarray], names: 
 def _museval_group(refs: dict[str, np.ndarray], ests: dict[str, np.ndarray], names: list[str],
                    win: int, hop: int) -> dict[str, dict[str, np.ndarray]]:
     """BSSEval v4 of sources scored together (none silent everywhere)."""
-    import museval
+    import museval  # optional dependency (extra "eval"; needs ffmpeg at import time)
 
     reference = np.stack([refs[n].T for n in names])   # (sources, samples, channels)
     estimate = np.stack([ests[n].T for n in names])

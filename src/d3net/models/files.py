@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Dict, Optional, Union
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file as read_tensors, save_file
 from torch import nn
 
 from ..configs import MSSConfig, describe, from_dict, to_dict
@@ -36,7 +38,6 @@ def build(config) -> nn.Module:
 
 def save(model: nn.Module, path: PathLike, extra: Optional[Dict[str, str]] = None) -> Path:
     """Write ``model`` (weights + config) to one ``.safetensors`` file, atomically."""
-    from safetensors.torch import save_file
 
     config = getattr(model, "config", None)
     if config is None:
@@ -53,7 +54,6 @@ def save(model: nn.Module, path: PathLike, extra: Optional[Dict[str, str]] = Non
 
 def read_metadata(path: PathLike) -> Dict[str, str]:
     """The metadata of a d3net model file, with a clear error for anything else."""
-    from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
@@ -84,7 +84,6 @@ def load_file(path: PathLike, device: Union[str, torch.device, None] = None) -> 
         D3NetError: missing file, not a d3net model file, or weights that do not fit the
             config stored with them.
     """
-    from safetensors.torch import load_file as read_tensors
 
     metadata = read_metadata(path)
     config = from_dict(json.loads(metadata["config"]))
