@@ -46,8 +46,8 @@ def test_segmentation_any_input_size(size):
     assert torch.isfinite(y).all()
 
 
-def test_segmentation_features_and_gradient():
-    config = load_config(str(_tiny_seg_yaml()), task="seg")
+def test_segmentation_features_and_gradient(official):
+    config = load_config(str(official / "seg" / "tiny.yaml"), task="seg")
     model = models.create(config).train()
     x = torch.randn(2, 3, 70, 100)
     feats = model.backbone(x)
@@ -93,14 +93,6 @@ def test_mss_gradient_reaches_every_parameter():
 def test_mss_rejects_wrong_shape():
     with pytest.raises(ValueError, match="2049"):
         models.d3net_mss("vocals", small=True)(torch.rand(1, 2, 1025, 16))
-
-
-def _tiny_seg_yaml():
-    from conftest import OFFICIAL
-    path = OFFICIAL / "seg" / "tiny.yaml"
-    if not path.exists():
-        pytest.skip(f"official fixtures not found at {OFFICIAL}")
-    return path
 
 
 def test_presets_equal_official_yaml(official):
