@@ -15,6 +15,7 @@ import yaml
 
 from d3net.configs import TARGETS
 from d3net.convert import read_nnabla_h5
+from d3net.data.synth_music import generate_dataset
 from d3net.models import weights as registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +95,14 @@ TINY_SEG = {
     "out_layers": [2, 2, 2, 2], "feature_channels": [8, 8, 8, 8], "transition_factor": 1,
     "head_channels": 16,
 }
+
+
+@pytest.fixture(scope="session")
+def synth_musdb(tmp_path_factory) -> Path:
+    """A synthetic MUSDB18-HQ folder: three training songs and one test song of 1.5 s."""
+    root = tmp_path_factory.mktemp("synth-musdb")
+    generate_dataset(root, subsets={"train": 3, "test": 1}, seconds=1.5, seed=5, progress=False)
+    return root
 
 
 @pytest.fixture(scope="session")

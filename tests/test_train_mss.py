@@ -12,7 +12,6 @@ import torch
 
 from d3net import models
 from d3net.data import musdb
-from d3net.data.synth_music import generate_dataset
 from d3net.errors import D3NetError
 from d3net.train.checkpoint import load_checkpoint
 from d3net.train.solver import NonFiniteLossError
@@ -33,10 +32,8 @@ SAME_DATA = dict(FAST, excerpt_seconds=1.5, gain_range=(1.0, 1.0), channel_swap=
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth-musdb")
-    generate_dataset(root, subsets={"train": 3, "test": 1}, seconds=1.5, seed=5, progress=False)
-    return root
+def data(synth_musdb):  # the shared synthetic MUSDB18-HQ folder (conftest)
+    return synth_musdb
 
 
 @pytest.fixture(scope="module")
