@@ -41,11 +41,8 @@ DEFAULT_RECOMPUTE = "unit"
 
 
 def check_dilation(dilation: str, owner: str = "") -> str:
-    """``dilation`` if it is one of :data:`DILATION_MODES`.
-
-    Raises:
-        D3NetError: another mode (the message starts with ``owner``, e.g. a config name).
-    """
+    """``dilation`` if it is one of :data:`DILATION_MODES`, else a :class:`D3NetError` whose
+    message starts with ``owner`` (e.g. the config's name)."""
     if dilation not in DILATION_MODES:
         raise D3NetError(f"{owner}dilation must be one of {DILATION_MODES}, got {dilation!r}")
     return dilation

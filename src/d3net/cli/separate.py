@@ -10,8 +10,7 @@ from pathlib import Path
 from ..errors import D3NetError
 from . import add_device_option, add_model_option, add_quiet, model_spec
 
-# The library is imported inside the functions, when a command runs: 'd3net --help'
-# builds every command's parser and stays fast.
+# The library is imported when a command runs (start-up time: 'd3net --help' builds all parsers)
 
 #: What ``d3net separate`` uses without ``--model`` or ``$D3NET_MODEL``.
 DEFAULT_MODEL = "official-mss"

@@ -6,8 +6,7 @@ import argparse
 from ..errors import D3NetError
 from . import add_quiet
 
-# The library is imported inside the functions, when a command runs: 'd3net --help'
-# builds every command's parser and stays fast.
+# The library is imported when a command runs (start-up time: 'd3net --help' builds all parsers)
 
 
 def register(subparsers) -> None:

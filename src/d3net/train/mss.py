@@ -264,19 +264,6 @@ def _input_stats(path: Path, tracks: Sequence[musdb.MUSDBTrack], hp: MSSHyperPar
     return mean, scale
 
 
-def _check_tracks(tracks: Sequence[musdb.MUSDBTrack], config: MSSConfig,
-                  hp: MSSHyperParams) -> None:
-    rate = tracks[0].sample_rate
-    if rate != config.sample_rate:
-        raise D3NetError(f"the tracks are at {rate} Hz, the model {describe(config)} at "
-                         f"{config.sample_rate} Hz (resample the dataset)")
-    samples = int(round(hp.excerpt_seconds * rate))
-    frames = spectral.num_frames(samples, config.hop_size)
-    if frames < hp.patch_frames:
-        raise D3NetError(f"{hp.excerpt_seconds} s excerpts give {frames} STFT frames, fewer "
-                         f"than patch_frames={hp.patch_frames}")
-
-
 # ----------------------------------------------------------------------------------------
 # the recipe
 # ----------------------------------------------------------------------------------------
