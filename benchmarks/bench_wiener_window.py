@@ -20,10 +20,11 @@ import torch
 
 from d3net.audio import spectral
 from d3net.audio.wiener import wiener
+from d3net.configs import TARGETS
 from d3net.data.synth_music import generate_song
 from d3net.demo import FIRST_DEMO_SEED, bundled_model_dir
 from d3net.evaluate.sdr import own_sdr
-from d3net.separate import TARGETS, Separator
+from d3net.separate import Separator
 
 WINDOWS = (None, (1024, 256), (512, 128), (512, 64), (512, 0), (256, 64), (256, 0), (128, 32),
            (128, 0))

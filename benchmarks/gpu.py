@@ -19,9 +19,9 @@ import time
 import torch
 
 from d3net import models
+from d3net.configs import TARGETS
 from d3net.separate import Separator
 
-TARGETS = ("vocals", "drums", "bass", "other")
 
 
 def main() -> int:

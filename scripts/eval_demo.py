@@ -19,7 +19,8 @@ import torch
 
 def main() -> None:
     from d3net.data.synth_music import generate_song
-    from d3net.demo import FIRST_DEMO_SEED, TARGETS
+    from d3net.configs import TARGETS
+    from d3net.demo import FIRST_DEMO_SEED
     from d3net.evaluate.sdr import score_track
     from d3net.separate import Separator
 

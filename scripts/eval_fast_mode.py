@@ -60,7 +60,7 @@ def _build_separators(names: list[str], threads: int) -> dict:
 def _score_song(job: tuple[int, float]) -> tuple[int, dict]:
     """Separate one held-out song with every separator; target SDRs per separator."""
     from d3net.data.synth_music import generate_song
-    from d3net.demo import TARGETS
+    from d3net.configs import TARGETS
     from d3net.evaluate.sdr import score_track
 
     seed, seconds = job
@@ -79,7 +79,8 @@ def _score_song(job: tuple[int, float]) -> tuple[int, dict]:
 def demo_sdr(variants: list[str], songs: int, seconds: float, jobs: int = 1) -> None:
     import multiprocessing
 
-    from d3net.demo import FIRST_DEMO_SEED, TARGETS
+    from d3net.configs import TARGETS
+    from d3net.demo import FIRST_DEMO_SEED
 
     names = ["reference"] + variants
     separators = _build_separators(names, torch.get_num_threads())  # converts once, here
@@ -121,7 +122,8 @@ def demo_sdr(variants: list[str], songs: int, seconds: float, jobs: int = 1) -> 
 def official_magnitudes(variants: list[str], weights: Path = FIXTURES) -> None:
     from d3net.audio import spectral
     from d3net.convert import load_nnabla
-    from d3net.separate import TARGETS, Separator
+    from d3net.configs import TARGETS
+    from d3net.separate import Separator
 
     mixture = torch.from_numpy(np.load(FIXTURES / "e2e_mixture.npy"))
     if mixture.shape[0] != 2:

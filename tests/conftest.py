@@ -11,9 +11,11 @@ from pathlib import Path
 import h5py
 import pytest
 import torch
+import yaml
 
 from d3net.configs import TARGETS
 from d3net.convert import read_nnabla_h5
+from d3net.data.synth_music import generate_dataset
 from d3net.models import weights as registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +86,39 @@ TINY_MSS = {
     "final_growth_rate": 4, "final_num_layers": 2,
     "patch_frames": 16, "out_shift": 8,
 }
+
+# A D3Net segmentation model with one two-layer D2 block per scale (~20k parameters, 19
+# classes). Shared by the segmentation, training, loading and CLI tests.
+TINY_SEG = {
+    "task": "seg", "name": "seg-tiny", "num_init_features": 8, "num_layers": [2, 2, 2, 2],
+    "num_blocks": [1, 1, 1, 1], "growth_rate": [6, 6, 6, 6], "compression": [1.0] * 4,
+    "out_layers": [2, 2, 2, 2], "feature_channels": [8, 8, 8, 8], "transition_factor": 1,
+    "head_channels": 16,
+}
+
+
+@pytest.fixture(scope="session")
+def synth_musdb(tmp_path_factory) -> Path:
+    """A synthetic MUSDB18-HQ folder: three training songs and one test song of 1.5 s."""
+    root = tmp_path_factory.mktemp("synth-musdb")
+    generate_dataset(root, subsets={"train": 3, "test": 1}, seconds=1.5, seed=5, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_mss_yaml(tmp_path_factory) -> Path:
+    """:data:`TINY_MSS` as a YAML config file."""
+    path = tmp_path_factory.mktemp("configs") / "mss-tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY_MSS))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_seg_yaml(tmp_path_factory) -> Path:
+    """:data:`TINY_SEG` as a YAML config file."""
+    path = tmp_path_factory.mktemp("configs") / "seg-tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY_SEG))
+    return path
 
 
 # ----------------------------------------------------------------------------- weights server

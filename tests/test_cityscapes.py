@@ -17,8 +17,6 @@ from d3net.image import (CITYSCAPES_MEAN, CITYSCAPES_STD, LABEL_ID_TO_TRAIN_ID, 
 from d3net.palette import (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, colorize, overlay,
                            palette_image)
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
-SEG_CONFIGS = SHARED / "fixtures" / "official" / "seg" / "configs"
 MEAN = torch.tensor(CITYSCAPES_MEAN).view(3, 1, 1)
 STD = torch.tensor(CITYSCAPES_STD).view(3, 1, 1)
 
@@ -405,10 +403,8 @@ def test_dataset_with_train_transform(tmp_path):
 
 # ---------------------------------------------------------------------- palette
 
-def test_palette_matches_official_config():
-    config = SEG_CONFIGS / "D3Net_S.yaml"
-    if not config.exists():
-        pytest.skip(f"official fixtures not found at {config}")
+def test_palette_matches_official_config(official):
+    config = official / "seg" / "configs" / "D3Net_S.yaml"
     official = yaml.safe_load(config.read_text())["palette"]
     assert CITYSCAPES_PALETTE.tolist() == official
     assert len(CITYSCAPES_CLASSES) == 19 == yaml.safe_load(config.read_text())["num_classes"]

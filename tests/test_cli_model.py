@@ -10,7 +10,7 @@ import soundfile
 import torch
 from PIL import Image
 
-from conftest import TINY_MSS
+from conftest import TINY_MSS, TINY_SEG
 from d3net import cli, models
 from d3net.configs import TARGETS
 from d3net.data import musdb
@@ -18,7 +18,6 @@ from d3net.data.synth_music import generate_dataset as generate_songs
 from d3net.data.synth_scenes import generate_dataset as generate_scenes
 from d3net.train.init import glorot_init_
 
-from test_loading import TINY_SEG
 
 #: command -> its task; the test below checks this is every command with --model
 COMMANDS = {"separate": "mss", "segment": "seg", "evaluate mss": "mss", "evaluate seg": "seg"}
@@ -60,7 +59,7 @@ def inputs(tmp_path_factory):
         model = glorot_init_(models.create(dict(TINY_MSS, target=target)), conv="normal")
         model.set_input_stats(mean, scale)
         models.save(model, root / "mss" / f"{target}.safetensors")
-    seg = models.create(dict(TINY_SEG, num_classes=19))
+    seg = models.create(TINY_SEG)
     models.save(seg, root / "seg.safetensors")
     models.save(seg, root / "run" / "model.safetensors")
     t = np.arange(22050) / 44100
@@ -157,12 +156,9 @@ def test_wrong_task_is_refused_with_the_same_sentence_everywhere(inputs, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-def test_pretrained_backbone_goes_through_the_loader(inputs, tmp_path, capsys):
-    import yaml
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(dict(TINY_SEG, num_classes=19)))
+def test_pretrained_backbone_goes_through_the_loader(inputs, tmp_path, tiny_seg_yaml, capsys):
     base = ["train", "seg", "--root", str(inputs / "scenes"), "--out", str(tmp_path / "run"),
-            "--config", str(config), "--iters", "1", "--batch-size", "2", "--crop", "64x96",
+            "--config", str(tiny_seg_yaml), "--iters", "1", "--batch-size", "2", "--crop", "64x96",
             "-q", "--pretrained-backbone"]
     assert cli.main(base + ["demo"]) == 2
     assert capsys.readouterr().err.strip() == \

@@ -10,10 +10,10 @@ import pytest
 import soundfile
 import torch
 
-from conftest import TINY_MSS
+from conftest import TINY_MSS, TINY_SEG
 from d3net import models
 from d3net.cli import main
-from d3net.separate import TARGETS
+from d3net.configs import TARGETS
 
 
 @pytest.fixture(scope="module")
@@ -118,12 +118,7 @@ def test_model_option_errors(model_dir, tmp_path, capsys, monkeypatch):
     not_a_model = tmp_path / "vocals.safetensors"
     not_a_model.write_text("garbage")
     seg_model = tmp_path / "seg.safetensors"
-    models.save(models.create({"task": "seg", "name": "seg-tiny", "num_classes": 3,
-                               "num_init_features": 8, "growth_rate": [8, 8, 8, 8],
-                               "num_layers": [2, 2, 2, 2], "num_blocks": [1, 1, 1, 1],
-                               "out_layers": [1, 1, 1, 1], "compression": [0.5] * 4,
-                               "head_channels": 8}),
-                seg_model)
+    models.save(models.create(TINY_SEG), seg_model)
     cases = [((), "cannot fetch official-mss from http://127.0.0.1:9/mss/d3net-mss.zip"),
              ((), "d3net convert nnabla d3net-mss.zip -o DIR"),
              (("--model", tmp_path / "nowhere"), "model not found: " + str(tmp_path / "nowhere")),

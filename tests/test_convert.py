@@ -17,11 +17,12 @@ import pytest
 import torch
 
 from d3net import models
+from d3net.configs import TARGETS
 from d3net.convert import load_nnabla, read_nnabla_h5, seg_name_map
 from d3net.errors import D3NetError
 from d3net.utils import exact_float32
 
-TARGETS = ["vocals", "drums", "bass", "other"]
+from conftest import write_backbone_h5
 
 
 KERNELS = {"onednn": contextlib.nullcontext, "native": exact_float32}
@@ -105,14 +106,10 @@ def test_config_inferred_from_file(official):
 
 
 def test_backbone_only_file(official, tmp_path):
-    full = read_nnabla_h5(official / "seg" / "d3net_s.h5")
-    path = tmp_path / "D3Net-S-pretrained-backbone.h5"
-    with h5py.File(path, "w") as f:
-        index = 0
-        for name, value in full.items():
-            if name.startswith("backbone/"):
-                f.create_dataset(name, data=value).attrs["index"] = index
-                index += 1
+    path = write_backbone_h5(official / "seg" / "d3net_s.h5",
+                             tmp_path / "D3Net-S-pretrained-backbone.h5")
+    with h5py.File(path, "a") as f:  # plus an ImageNet classifier, which has no counterpart
+        index = len(read_nnabla_h5(path))
         f.create_dataset("fc/W", data=np.zeros((10, 128), np.float32)).attrs["index"] = index
     torch.manual_seed(0)
     with pytest.warns(UserWarning, match="fc/W"):

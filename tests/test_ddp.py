@@ -11,14 +11,9 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
-import yaml
 
 from d3net import models
-from d3net.data.synth_music import generate_dataset
-
-from conftest import TINY_MSS as TINY
 
 WORKER = r'''
 import json, os, sys
@@ -68,24 +63,15 @@ with open(os.path.join(report, f"result{rank}.json"), "w") as f:
 '''
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth-musdb")
-    generate_dataset(root, subsets={"train": 3, "test": 1}, seconds=1.5, seed=5, progress=False)
-    return root
-
-
-def test_two_process_gloo_training(data, tmp_path):
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(TINY))
+def test_two_process_gloo_training(synth_musdb, tiny_mss_yaml, tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     run_dir, report = tmp_path / "run", tmp_path / "report"
     report.mkdir()
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "2", str(script), str(data), str(config), str(run_dir),
-               str(report)]
+               "--nproc_per_node", "2", str(script), str(synth_musdb), str(tiny_mss_yaml),
+               str(run_dir), str(report)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 

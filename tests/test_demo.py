@@ -6,7 +6,8 @@ import numpy as np
 import soundfile
 import torch
 
-from d3net.demo import FIRST_DEMO_SEED, TARGETS, bundled_model_dir, run_demo
+from d3net.configs import TARGETS
+from d3net.demo import FIRST_DEMO_SEED, bundled_model_dir, run_demo
 
 
 def test_bundled_model_is_complete_and_small():

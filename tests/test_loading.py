@@ -5,15 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_MSS, same_weights, write_backbone_h5
+from conftest import TINY_MSS, TINY_SEG, same_weights, write_backbone_h5
 from d3net import models
 from d3net.configs import TARGETS, load_config
 from d3net.convert import convert_nnabla, load_nnabla
 from d3net.errors import D3NetError
 
-TINY_SEG = {"task": "seg", "name": "seg-tiny", "num_classes": 3, "num_init_features": 8,
-            "growth_rate": [8, 8, 8, 8], "num_layers": [2, 2, 2, 2], "num_blocks": [1, 1, 1, 1],
-            "out_layers": [1, 1, 1, 1], "compression": [0.5] * 4, "head_channels": 8}
 
 
 @pytest.fixture(scope="module")
@@ -120,18 +117,10 @@ def test_weight_names_win_over_local_paths(specs, tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- backbones
 
-@pytest.fixture(scope="module")
-def tiny_yaml(tmp_path_factory):
-    import yaml
-    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(dict(TINY_SEG, num_classes=19)))
-    return path
-
-
-def test_pretrained_backbone_from_safetensors(tmp_path, tiny_yaml):
-    source = models.create(tiny_yaml)
+def test_pretrained_backbone_from_safetensors(tmp_path, tiny_seg_yaml):
+    source = models.create(tiny_seg_yaml)
     models.save(source, tmp_path / "backbone.safetensors")
-    model = models.create(tiny_yaml)
+    model = models.create(tiny_seg_yaml)
     head_before = {k: v.clone() for k, v in model.head.state_dict().items()}
     loaded = models.load_backbone_weights(model, tmp_path / "backbone.safetensors")
     assert loaded and all(k.startswith("backbone.") for k in loaded)
@@ -144,7 +133,7 @@ def test_pretrained_backbone_from_safetensors(tmp_path, tiny_yaml):
     from safetensors.torch import save_file
     save_file({k: v.contiguous() for k, v in source.backbone.state_dict().items()},
               str(tmp_path / "bare.safetensors"))
-    other = models.create(tiny_yaml)
+    other = models.create(tiny_seg_yaml)
     models.load_backbone_weights(other, tmp_path / "bare.safetensors")
     assert same_weights(other.backbone, source.backbone)
 

@@ -4,7 +4,7 @@ import torch
 import yaml
 
 from d3net import models
-from d3net.configs import (MSSConfig, SegConfig, from_official, load_config, preset, save_yaml,
+from d3net.configs import (MSSConfig, SegConfig, from_official, load_config, preset,
                            to_dict)
 from d3net.errors import D3NetError
 
@@ -46,8 +46,8 @@ def test_segmentation_any_input_size(size):
     assert torch.isfinite(y).all()
 
 
-def test_segmentation_features_and_gradient():
-    config = load_config(str(_tiny_seg_yaml()), task="seg")
+def test_segmentation_features_and_gradient(official):
+    config = load_config(str(official / "seg" / "tiny.yaml"), task="seg")
     model = models.create(config).train()
     x = torch.randn(2, 3, 70, 100)
     feats = model.backbone(x)
@@ -95,14 +95,6 @@ def test_mss_rejects_wrong_shape():
         models.d3net_mss("vocals", small=True)(torch.rand(1, 2, 1025, 16))
 
 
-def _tiny_seg_yaml():
-    from conftest import OFFICIAL
-    path = OFFICIAL / "seg" / "tiny.yaml"
-    if not path.exists():
-        pytest.skip(f"official fixtures not found at {OFFICIAL}")
-    return path
-
-
 def test_presets_equal_official_yaml(official):
     for target in ("vocals", "drums", "bass", "other"):
         ours = preset(f"mss-{target}")
@@ -118,7 +110,7 @@ def test_presets_equal_official_yaml(official):
 def test_yaml_round_trip(tmp_path):
     for name in ("d3net-l", "mss-bass", "mss-small"):
         config = preset(name)
-        save_yaml(config, tmp_path / f"{name}.yaml")
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(to_dict(config)))
         again = load_config(tmp_path / f"{name}.yaml")
         assert to_dict(again) == to_dict(config)
         assert yaml.safe_load((tmp_path / f"{name}.yaml").read_text())["task"] == config.task

@@ -7,6 +7,7 @@ import soundfile as sf
 import torch
 
 from d3net.audio.spectral import stft
+from d3net.configs import TARGETS
 from d3net.data import musdb
 from d3net.data.synth_music import generate_dataset
 from d3net.errors import D3NetError
@@ -43,7 +44,7 @@ def test_list_tracks_and_partial_reads(dataset_root):
     assert full.shape == (2, track.num_samples) and full.dtype == np.float32
     part = track.load("vocals", start=1000, frames=500)
     np.testing.assert_array_equal(part, full[:, 1000:1500])
-    stems = sum(track.load(s) for s in musdb.SOURCES)
+    stems = sum(track.load(s) for s in TARGETS)
     np.testing.assert_allclose(stems, track.load("mixture"), atol=1e-6)
     np.testing.assert_allclose(track.load("accompaniment"),
                                track.load("mixture") - track.load("vocals"), atol=1e-6)
@@ -264,7 +265,7 @@ def test_musdb18_stem_mp4_through_musdb(tmp_path):
     from d3net.data.synth_music import generate_song
 
     song = generate_song(11, seconds=2.0, sample_rate=44100)
-    mixture = sum(song[s] for s in musdb.SOURCES)
+    mixture = sum(song[s] for s in TARGETS)
     by_id = sorted(musdb.STEM_IDS, key=musdb.STEM_IDS.get)  # mixture, drums, bass, other, vocals
     streams = np.stack([(mixture if name == "mixture" else song[name]).T for name in by_id])
     (tmp_path / "test").mkdir()

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from d3net.errors import D3NetError
 from d3net.nn import D2Block, D3Block, D3BlockBC, MultiDilationConv2d
 
 
@@ -57,7 +58,7 @@ def test_modes_have_equal_parameter_counts():
 
 
 def test_bad_dilation_mode():
-    with pytest.raises(ValueError, match="dilation"):
+    with pytest.raises(D3NetError, match="dilation must be one of"):
         D2Block(4, 2, 3, dilation="exponential")
 
 

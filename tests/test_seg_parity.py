@@ -8,8 +8,6 @@ top two probabilities are further apart than that tolerance allows to swap (2e-4
 closer pair is a tie that no 1e-4 comparison can decide (D3Net-S has two such pixels,
 with gaps of ~5e-6).
 """
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -17,18 +15,18 @@ import torch
 from d3net.convert import load_nnabla
 from d3net.segment import Segmenter
 
-FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "official" / "seg"
-
-pytestmark = pytest.mark.skipif(not (FIXTURES / "tiny.h5").is_file(),
-                                reason=f"official fixtures not found in {FIXTURES}")
-
 TOLERANCE = 1e-4
 TIE = 2 * TOLERANCE  # probabilities within the tolerance can swap a pair closer than this
 
 
-def check_against_official(segmenter: Segmenter, name: str):
-    image = torch.from_numpy(np.load(FIXTURES / f"{name}_input.npy"))
-    official = np.load(FIXTURES / f"{name}_output.npy")[0]            # (classes, H, W)
+@pytest.fixture(scope="module")
+def seg(official):
+    return official / "seg"
+
+
+def check_against_official(segmenter: Segmenter, seg, name: str):
+    image = torch.from_numpy(np.load(seg / f"{name}_input.npy"))
+    official = np.load(seg / f"{name}_output.npy")[0]            # (classes, H, W)
     probabilities = segmenter.predict_proba(image)[0].numpy()
     labels = segmenter.predict(image)[0].numpy()
 
@@ -45,21 +43,21 @@ def check_against_official(segmenter: Segmenter, name: str):
     return labels
 
 
-def test_d3net_s_matches_official_argmax():
-    model = load_nnabla(FIXTURES / "d3net_s.h5", "d3net-s")
-    labels = check_against_official(Segmenter(model), "d3net_s")
+def test_d3net_s_matches_official_argmax(seg):
+    model = load_nnabla(seg / "d3net_s.h5", "d3net-s")
+    labels = check_against_official(Segmenter(model), seg, "d3net_s")
     assert len(np.unique(labels)) > 1  # a constant map would be a weak check
 
 
-def test_tiny_matches_official_argmax():
-    model = load_nnabla(FIXTURES / "tiny.h5", FIXTURES / "tiny.yaml", task="seg")
-    check_against_official(Segmenter(model), "tiny")
+def test_tiny_matches_official_argmax(seg):
+    model = load_nnabla(seg / "tiny.h5", seg / "tiny.yaml", task="seg")
+    check_against_official(Segmenter(model), seg, "tiny")
 
 
-def test_sliding_window_covering_the_image_equals_whole():
+def test_sliding_window_covering_the_image_equals_whole(seg):
     """A single window as large as the image is the whole-image pass."""
-    model = load_nnabla(FIXTURES / "tiny.h5", FIXTURES / "tiny.yaml", task="seg")
-    image = torch.from_numpy(np.load(FIXTURES / "tiny_input.npy"))
+    model = load_nnabla(seg / "tiny.h5", seg / "tiny.yaml", task="seg")
+    image = torch.from_numpy(np.load(seg / "tiny_input.npy"))
     whole = Segmenter(model).predict_proba(image)
     slide = Segmenter(model, mode="slide", crop=(64, 128)).predict_proba(image)
     torch.testing.assert_close(slide, whole, rtol=0, atol=1e-5)

@@ -5,24 +5,20 @@ import torch
 from PIL import Image
 from torch import nn
 
+from conftest import TINY_SEG
 from d3net import cli
-from d3net.configs import SegConfig
+from d3net.configs import from_dict
 from d3net.errors import D3NetError
 from d3net.image import find_images
 from d3net.models import D3NetSegmentation, save
 from d3net.segment import TTA_SCALES, Segmenter
 from d3net.utils import parse_scales, parse_size
 
-TINY = dict(name="test-tiny", num_init_features=8, num_layers=(2, 2, 2, 2),
-            num_blocks=(1, 1, 1, 1), growth_rate=(6, 6, 6, 6), compression=(1.0,) * 4,
-            out_layers=(2, 2, 2, 2), feature_channels=(8, 8, 8, 8), transition_factor=1,
-            head_channels=16)
-
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    net = D3NetSegmentation(SegConfig(**TINY))
+    net = D3NetSegmentation(from_dict(TINY_SEG))
     with torch.no_grad():  # non-trivial BatchNorm statistics
         for module in net.modules():
             if isinstance(module, nn.BatchNorm2d):
@@ -39,7 +35,7 @@ class Pointwise(nn.Module):
         super().__init__()
         torch.manual_seed(1)
         self.conv = nn.Conv2d(3, 5, 1)
-        self.config = SegConfig(**TINY, num_classes=5)
+        self.config = from_dict(dict(TINY_SEG, num_classes=5))
 
     def forward(self, x):
         return self.conv(x)
@@ -251,19 +247,14 @@ def test_from_file_refuses_a_music_model(tmp_path):
 
 # ----------------------------------------------------------------------------- CLI
 
-@pytest.fixture
-def run_cli():
-    return cli.main
-
-
-def test_cli_segments_files_and_folders(model, tmp_path, run_cli, capsys):
+def test_cli_segments_files_and_folders(model, tmp_path, capsys):
     save(model, tmp_path / "run" / "model.safetensors")
     (tmp_path / "in" / "city").mkdir(parents=True)
     Image.fromarray(rgb_array(40, 64, 1)).save(tmp_path / "in" / "city" / "a.png")
     Image.fromarray(rgb_array(33, 47, 2)[..., 0]).save(tmp_path / "gray.png")
-    code = run_cli(["segment", str(tmp_path / "in"), str(tmp_path / "gray.png"),
-                    "-o", str(tmp_path / "out"), "--model", str(tmp_path / "run"),
-                    "--mode", "slide", "--crop", "32x32", "--flip", "--scales", "1,0.75", "-q"])
+    code = cli.main(["segment", str(tmp_path / "in"), str(tmp_path / "gray.png"),
+                     "-o", str(tmp_path / "out"), "--model", str(tmp_path / "run"),
+                     "--mode", "slide", "--crop", "32x32", "--flip", "--scales", "1,0.75", "-q"])
     assert code == 0
     assert Image.open(tmp_path / "out" / "city" / "a_labelIds.png").size == (64, 40)
     assert Image.open(tmp_path / "out" / "city" / "a_trainIds.png").size == (64, 40)
@@ -271,11 +262,11 @@ def test_cli_segments_files_and_folders(model, tmp_path, run_cli, capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_cli_without_model_fetches_official_weights(tmp_path, run_cli, capsys):
+def test_cli_without_model_fetches_official_weights(tmp_path, capsys):
     # the test mirror refuses connections: one line naming the URL and the manual route
     Image.fromarray(rgb_array(8, 8)).save(tmp_path / "a.png")
-    assert run_cli(["segment", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"),
-                    "-q"]) == 2
+    assert cli.main(["segment", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"),
+                     "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "cannot fetch official-d3net-s from http://127.0.0.1:9/semantic-segmentation/" \
@@ -284,7 +275,7 @@ def test_cli_without_model_fetches_official_weights(tmp_path, run_cli, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing", "not-an-image", "bad-mode", "tta+scales"])
-def test_cli_bad_inputs_fail_with_one_line(model, tmp_path, run_cli, capsys, case):
+def test_cli_bad_inputs_fail_with_one_line(model, tmp_path, capsys, case):
     save(model, tmp_path / "m.safetensors")
     path = tmp_path / "in.png"
     extra = []
@@ -296,8 +287,8 @@ def test_cli_bad_inputs_fail_with_one_line(model, tmp_path, run_cli, capsys, cas
     elif case == "tta+scales":
         Image.fromarray(rgb_array(8, 8)).save(path)
         extra = ["--tta", "--scales", "1,2"]
-    code = run_cli(["segment", str(path), "-o", str(tmp_path / "out"),
-                    "--model", str(tmp_path / "m.safetensors"), "-q"] + extra)
+    code = cli.main(["segment", str(path), "-o", str(tmp_path / "out"),
+                     "--model", str(tmp_path / "m.safetensors"), "-q"] + extra)
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "error" in err
@@ -305,7 +296,7 @@ def test_cli_bad_inputs_fail_with_one_line(model, tmp_path, run_cli, capsys, cas
         assert str(path) in err or path.name in err
 
 
-def test_cli_refuses_colliding_or_unwritable_outputs_before_loading(tmp_path, run_cli, capsys):
+def test_cli_refuses_colliding_or_unwritable_outputs_before_loading(tmp_path, capsys):
     """Outputs that would be lost are refused before the model is even looked at (the
     model path here does not exist): a name that differs only in case from another
     (one file on macOS and Windows) and an -o that cannot be created."""
@@ -318,8 +309,8 @@ def test_cli_refuses_colliding_or_unwritable_outputs_before_loading(tmp_path, ru
               "case-insensitive file systems"),
              ([tmp_path / "street.png"], blocker / "out", "file.txt is a file, not a folder")]
     for inputs, out, message in cases:
-        code = run_cli(["segment", *map(str, inputs), "-o", str(out), "--model",
-                        str(tmp_path / "no-model.safetensors"), "-q"])
+        code = cli.main(["segment", *map(str, inputs), "-o", str(out), "--model",
+                         str(tmp_path / "no-model.safetensors"), "-q"])
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "out").exists()

@@ -1,5 +1,4 @@
 """Separator with small stand-in networks: patching, overlap-add, flip, formats, errors."""
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -308,16 +307,13 @@ def test_from_dir_loads_model_files(tmp_path):
         Separator.from_dir(tmp_path, targets=["bass"])
 
 
-def test_from_dir_rejects_wrong_files(tmp_path):
+def test_from_dir_rejects_wrong_files(tmp_path, official):
     from d3net import models
 
     (tmp_path / "vocals.safetensors").write_text("not a model")
     with pytest.raises(D3NetError, match="vocals.safetensors"):
         Separator.from_dir(tmp_path)
-    tiny = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "official" / \
-        "seg" / "tiny.yaml"
-    if not tiny.exists():
-        pytest.skip(f"segmentation fixture config not found: {tiny}")
-    models.save(models.create(str(tiny), task="seg"), tmp_path / "seg.safetensors")
+    models.save(models.create(str(official / "seg" / "tiny.yaml"), task="seg"),
+                tmp_path / "seg.safetensors")
     with pytest.raises(D3NetError, match="not a music separation model"):
         Separator.from_dir(tmp_path / "seg.safetensors")

@@ -14,7 +14,8 @@ from conftest import TINY_MSS
 from d3net import models
 from d3net.cli import main
 from d3net.demo import bundled_model_dir
-from d3net.separate import TARGETS, Separator
+from d3net.configs import TARGETS
+from d3net.separate import Separator
 
 
 @pytest.fixture(scope="module")

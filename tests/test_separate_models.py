@@ -11,7 +11,8 @@ from d3net import configs, models
 from d3net.audio import io, spectral
 from d3net.demo import bundled_model_dir
 from d3net.errors import D3NetError
-from d3net.separate import TARGETS, Separator
+from d3net.configs import TARGETS
+from d3net.separate import Separator
 
 # 16 kHz, 2048-point FFT (1025 bins), hop 256: nothing like the official 44.1 kHz / 4096 / 1024.
 OTHER_SIGNAL = dict(TINY_MSS, sample_rate=16000, fft_size=2048, hop_size=256, valid_bins=1024)

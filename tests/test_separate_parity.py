@@ -17,7 +17,6 @@ networks exactly the same patches). The audio half of the pipeline (Wiener filte
 iSTFT from the official magnitudes) is checked on its own, quickly and more tightly.
 """
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,9 +24,9 @@ import torch
 
 from d3net.audio import spectral
 from d3net.audio.wiener import wiener
-from d3net.separate import TARGETS, Separator
+from d3net.configs import TARGETS
+from d3net.separate import Separator
 
-FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "official" / "mss"
 TOLERANCE = 1e-4
 
 
@@ -35,31 +34,35 @@ def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
-def fixture(name: str) -> np.ndarray:
-    path = FIXTURES / name
-    if not path.exists():
-        pytest.skip(f"official fixture not found: {path}")
-    return np.load(path)
+@pytest.fixture(scope="module")
+def mss(official):
+    return official / "mss"
 
 
-def official_magnitude(target: str) -> np.ndarray:
+def official_mixture(mss) -> torch.Tensor:
+    """``e2e_mixture.npy`` as ``(channels, samples)``."""
+    return torch.from_numpy(np.load(mss / "e2e_mixture.npy").T.copy())
+
+
+def official_magnitude(mss, target: str) -> np.ndarray:
     """``e2e_<target>_mag.npy`` as ``(channels, bins, frames)``."""
-    return fixture(f"e2e_{target}_mag.npy").transpose(1, 2, 0)
+    return np.load(mss / f"e2e_{target}_mag.npy").transpose(1, 2, 0)
 
 
-def official_audio(target: str) -> np.ndarray:
+def official_audio(mss, target: str) -> np.ndarray:
     """``e2e_<target>_audio.npy`` as ``(channels, samples)``."""
-    return fixture(f"e2e_{target}_audio.npy").T
+    return np.load(mss / f"e2e_{target}_audio.npy").T
 
 
-def test_wiener_and_istft_from_official_magnitudes():
-    mixture = torch.from_numpy(fixture("e2e_mixture.npy").T.copy())
+def test_wiener_and_istft_from_official_magnitudes(mss):
+    mixture = official_mixture(mss)
     spec = spectral.stft(mixture)
-    magnitudes = torch.stack([torch.from_numpy(official_magnitude(t).copy()) for t in TARGETS])
+    magnitudes = torch.stack([torch.from_numpy(official_magnitude(mss, t).copy())
+                              for t in TARGETS])
     stems = spectral.istft(wiener(magnitudes, spec, iterations=1, compat="official"),
                            length=mixture.shape[-1])
     for target, stem in zip(TARGETS, stems.numpy()):
-        ref = official_audio(target)
+        ref = official_audio(mss, target)
         assert relative_error(stem[:, :ref.shape[1]], ref) < 1e-5, target
 
 
@@ -89,13 +92,10 @@ def network_cache():
 
 
 @pytest.fixture(scope="module")
-def official_run(network_cache):
+def official_run(network_cache, mss):
     convert = pytest.importorskip("d3net.convert")
-    mixture = torch.from_numpy(fixture("e2e_mixture.npy").T.copy())
-    for target in TARGETS:
-        if not (FIXTURES / f"{target}.h5").exists():
-            pytest.skip(f"official fixture not found: {FIXTURES / f'{target}.h5'}")
-    models = {t: convert.load_nnabla(FIXTURES / f"{t}.h5", f"mss-{t}") for t in TARGETS}
+    mixture = official_mixture(mss)
+    models = {t: convert.load_nnabla(mss / f"{t}.h5", f"mss-{t}") for t in TARGETS}
     separator = Separator(models, compat="official", device="cpu")
     stems = separator.separate(mixture, 44100)
     misses = network_cache.misses
@@ -105,7 +105,7 @@ def official_run(network_cache):
 
 
 @pytest.fixture(scope="module")
-def cli_run(official_run, network_cache, tmp_path_factory):
+def cli_run(official_run, network_cache, mss, tmp_path_factory):
     """``d3net convert nnabla`` + ``d3net separate --compat official``: stems as read back."""
     import soundfile
 
@@ -114,7 +114,7 @@ def cli_run(official_run, network_cache, tmp_path_factory):
     mixture = official_run[0]
     work = tmp_path_factory.mktemp("cli")
     soundfile.write(str(work / "mixture.wav"), mixture.numpy().T, 44100, subtype="FLOAT")
-    assert main(["convert", "nnabla", str(FIXTURES), "-o", str(work / "model"), "-q"]) == 0
+    assert main(["convert", "nnabla", str(mss), "-o", str(work / "model"), "-q"]) == 0
     hits, misses = network_cache.hits, network_cache.misses
     assert main(["separate", str(work / "mixture.wav"), "-o", str(work / "out"), "--model",
                  str(work / "model"), "--compat", "official", "--bits", "32", "-q"]) == 0
@@ -126,9 +126,9 @@ def cli_run(official_run, network_cache, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", TARGETS)
-def test_magnitudes_match_official(official_run, target):
+def test_magnitudes_match_official(official_run, mss, target):
     _, magnitudes, _ = official_run
-    ref = official_magnitude(target)
+    ref = official_magnitude(mss, target)
     ours = magnitudes[target].numpy()
     assert ours.shape == ref.shape
     assert relative_error(ours, ref) <= TOLERANCE
@@ -137,11 +137,11 @@ def test_magnitudes_match_official(official_run, target):
 @pytest.mark.slow
 @pytest.mark.parametrize("route", ["api", "cli"])
 @pytest.mark.parametrize("target", TARGETS)
-def test_audio_matches_official(request, official_run, route, target):
+def test_audio_matches_official(request, official_run, mss, route, target):
     mixture, _, stems = official_run
     if route == "cli":
         stems, _ = request.getfixturevalue("cli_run")
-    ref = official_audio(target)
+    ref = official_audio(mss, target)
     ours = np.asarray(stems[target])
     assert ours.shape == mixture.shape
     assert relative_error(ours[:, :ref.shape[1]], ref) <= TOLERANCE

@@ -1,13 +1,10 @@
 """STFT / iSTFT against an explicit numpy framing, reconstruction, fixture frame count."""
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from d3net.audio import spectral
-
-FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "official" / "mss"
 
 
 def numpy_stft(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
@@ -72,11 +69,8 @@ def test_with_phase():
     assert torch.allclose(est[0] / est[0].abs(), ref / ref.abs())
 
 
-def test_fixture_mixture_has_259_frames():
-    path = FIXTURES / "e2e_mixture.npy"
-    if not path.exists():
-        pytest.skip(f"official fixture not found: {path}")
-    mixture = torch.from_numpy(np.load(path).T.copy())
+def test_fixture_mixture_has_259_frames(official):
+    mixture = torch.from_numpy(np.load(official / "mss" / "e2e_mixture.npy").T.copy())
     spec = spectral.stft(mixture)
     assert spec.shape == (2, 2049, 259)
 

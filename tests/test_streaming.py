@@ -18,7 +18,8 @@ from d3net import models
 from d3net import separate as separate_module
 from d3net.audio import spectral
 from d3net.audio.wiener import wiener
-from d3net.separate import TARGETS, Separator
+from d3net.configs import TARGETS
+from d3net.separate import Separator
 
 RATE = 44100
 WINDOW = 16

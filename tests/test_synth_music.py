@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 
 from d3net.data import synth_music as sm
-from d3net.data.musdb import SOURCES
+from d3net.configs import TARGETS
 from d3net.errors import D3NetError
 
 SR = 16000
@@ -22,8 +22,8 @@ def test_generate_song_is_deterministic_and_seeds_differ():
     a = sm.generate_song(7, seconds=2.0, sample_rate=SR)
     b = sm.generate_song(7, seconds=2.0, sample_rate=SR)
     c = sm.generate_song(8, seconds=2.0, sample_rate=SR)
-    assert list(a) == list(SOURCES)
-    for name in SOURCES:
+    assert list(a) == list(TARGETS)
+    for name in TARGETS:
         assert a[name].shape == (2, 2 * SR) and a[name].dtype == np.float32
         np.testing.assert_array_equal(a[name], b[name])
         assert not np.allclose(a[name], c[name])
@@ -86,8 +86,8 @@ def test_stems_are_spectrally_distinct(songs):
         assert _crest_db(highs["drums"]) > 12
         assert _crest_db(stems["drums"]) > _crest_db(stems["bass"]) + 5
         spectra = {name: _average_spectrum(audio) for name, audio in stems.items()}
-        for i, a in enumerate(SOURCES):
-            for b in SOURCES[i + 1:]:
+        for i, a in enumerate(TARGETS):
+            for b in TARGETS[i + 1:]:
                 assert spectra[a] @ spectra[b] < 0.97, (a, b)
 
 
@@ -131,11 +131,11 @@ def test_dataset_layout_exact_mixture_and_determinism(tmp_path):
         "train/synth-000", "train/synth-001", "train/synth-002", "train/synth-003", "test/synth-004"]
     for folder in folders:
         audio = {}
-        for name in ("mixture",) + SOURCES:
+        for name in ("mixture",) + TARGETS:
             info = sf.info(str(folder / f"{name}.wav"))
             assert (info.samplerate, info.channels, info.frames, info.subtype) == (8000, 2, 12000, "PCM_16")
             audio[name] = sf.read(str(folder / f"{name}.wav"), dtype="int16")[0].astype(np.int32)
-        total = sum(audio[s] for s in SOURCES)
+        total = sum(audio[s] for s in TARGETS)
         np.testing.assert_array_equal(total, audio["mixture"])  # exact, and nothing clipped
         assert np.abs(audio["mixture"]).max() < 32767
     description = json.loads((tmp_path / "a" / "synth_musdb.json").read_text())
@@ -155,10 +155,10 @@ def test_dataset_layout_exact_mixture_and_determinism(tmp_path):
 def test_float_files_and_bad_arguments(tmp_path):
     folders = sm.generate_dataset(tmp_path, subsets={"train": 1, "test": 1}, seconds=1.0,
                                   sample_rate=8000, progress=False, subtype="FLOAT")
-    audio = {n: sf.read(str(folders[1] / f"{n}.wav"), dtype="float32")[0] for n in ("mixture",) + SOURCES}
+    audio = {n: sf.read(str(folders[1] / f"{n}.wav"), dtype="float32")[0] for n in ("mixture",) + TARGETS}
     assert sf.info(str(folders[1] / "mixture.wav")).subtype == "FLOAT"
     total = np.zeros_like(audio["mixture"])
-    for name in SOURCES:
+    for name in TARGETS:
         total = total + audio[name]
     np.testing.assert_array_equal(total, audio["mixture"])
     with pytest.raises(D3NetError, match="at least 2 tracks"):

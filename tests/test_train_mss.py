@@ -9,11 +9,9 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from d3net import models
 from d3net.data import musdb
-from d3net.data.synth_music import generate_dataset
 from d3net.errors import D3NetError
 from d3net.train.checkpoint import load_checkpoint
 from d3net.train.solver import NonFiniteLossError
@@ -34,24 +32,15 @@ SAME_DATA = dict(FAST, excerpt_seconds=1.5, gain_range=(1.0, 1.0), channel_swap=
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth-musdb")
-    generate_dataset(root, subsets={"train": 3, "test": 1}, seconds=1.5, seed=5, progress=False)
-    return root
+def data(synth_musdb):  # the shared synthetic MUSDB18-HQ folder (conftest)
+    return synth_musdb
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("configs") / "mss-tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
-    return path
-
-
-@pytest.fixture(scope="module")
-def run_a(data, tiny, tmp_path_factory):
+def run_a(data, tiny_mss_yaml, tmp_path_factory):
     """Two epochs on the same data every epoch, with validation."""
     out = tmp_path_factory.mktemp("run-a")
-    result = train_mss(data, "vocals", out, tiny, epochs=2, progress=False, quiet=True,
+    result = train_mss(data, "vocals", out, tiny_mss_yaml, epochs=2, progress=False, quiet=True,
                        **SAME_DATA)
     return out, result
 
@@ -90,14 +79,14 @@ def test_training_writes_the_run_folder_and_the_loss_falls(run_a, data):
     assert ckpt["best_metric"] == pytest.approx(min(result.valid_loss))
 
 
-def test_resume_continues_exactly(data, tiny, tmp_path):
+def test_resume_continues_exactly(data, tiny_mss_yaml, tmp_path):
     # random excerpts, gains, swaps and track remixing: the resumed run must draw the same
     fast = dict(FAST, samples_per_track=1)  # one step per epoch is enough here
     out_a = tmp_path / "uninterrupted"
-    result_a = train_mss(data, "vocals", out_a, tiny, epochs=2, progress=False, quiet=True,
+    result_a = train_mss(data, "vocals", out_a, tiny_mss_yaml, epochs=2, progress=False, quiet=True,
                          **fast)
     out = tmp_path / "run-b"
-    train_mss(data, "vocals", out, tiny, epochs=1, progress=False, quiet=True, **fast)
+    train_mss(data, "vocals", out, tiny_mss_yaml, epochs=1, progress=False, quiet=True, **fast)
     first_epoch = (out / "vocals.ckpt").read_bytes()
     # a larger --epochs continues the run; omitted options keep the run's values
     result = train_mss(data, "vocals", out, resume=True, epochs=2, progress=False, quiet=True)
@@ -109,7 +98,7 @@ def test_resume_continues_exactly(data, tiny, tmp_path):
 
     # guards: no silent overwrite, no silent change of the recipe or the architecture
     with pytest.raises(D3NetError, match="pass --resume"):
-        train_mss(data, "vocals", out, tiny, epochs=3, progress=False, quiet=True, **fast)
+        train_mss(data, "vocals", out, tiny_mss_yaml, epochs=3, progress=False, quiet=True, **fast)
     with pytest.raises(D3NetError, match="lr = 0.5 differs"):
         train_mss(data, "vocals", out, resume=True, epochs=3, lr=0.5, progress=False, quiet=True)
     with pytest.raises(D3NetError, match="differs from the config"):
@@ -124,16 +113,16 @@ def test_resume_continues_exactly(data, tiny, tmp_path):
     {"amp": True}, {"channels_last": True}, {"recompute": "unit"},
     {"amp": True, "recompute": "d2"}, {"channels_last": True, "recompute": "d3"}],
     ids=["amp", "channels-last", "recompute", "amp+recompute", "channels-last+recompute"])
-def test_precision_and_layout_runs_resume_exactly(data, tiny, tmp_path, options):
+def test_precision_and_layout_runs_resume_exactly(data, tiny_mss_yaml, tmp_path, options):
     """--amp (bfloat16 where this CPU has it natively, else float32), the channels-last
     layout and --recompute, alone and together (channels-last with CPU bfloat16 is refused,
     see test_train_seg): a run continued with --resume equals the uninterrupted one."""
     if options.get("amp") and not has_native_bfloat16("cpu"):
         pytest.skip("this CPU has no native bfloat16 (--amp trains in float32 here)")
     fast = dict(FAST, samples_per_track=1, **options)
-    straight = train_mss(data, "vocals", tmp_path / "a", tiny, epochs=2, progress=False,
+    straight = train_mss(data, "vocals", tmp_path / "a", tiny_mss_yaml, epochs=2, progress=False,
                          quiet=True, **fast)
-    train_mss(data, "vocals", tmp_path / "b", tiny, epochs=1, progress=False, quiet=True,
+    train_mss(data, "vocals", tmp_path / "b", tiny_mss_yaml, epochs=1, progress=False, quiet=True,
               **fast)
     resumed = train_mss(data, "vocals", tmp_path / "b", resume=True, epochs=2, progress=False,
                         quiet=True)
@@ -146,10 +135,11 @@ def test_precision_and_layout_runs_resume_exactly(data, tiny, tmp_path, options)
     assert models.recompute_mode(resumed.model) == options.get("recompute", "none")
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tiny, tmp_path, monkeypatch):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tiny_mss_yaml, tmp_path,
+                                                           monkeypatch):
     out = tmp_path / "run"
     fast = dict(FAST, samples_per_track=1, validation="none")
-    train_mss(data, "vocals", out, tiny, epochs=1, progress=False, quiet=True, **fast)
+    train_mss(data, "vocals", out, tiny_mss_yaml, epochs=1, progress=False, quiet=True, **fast)
     saved = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 
     def exploding(estimate, target):
@@ -162,7 +152,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tiny, tmp_path,
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == saved
 
 
-def test_cli_train_then_separate_with_the_run_folder(data, tiny, tmp_path, capsys):
+def test_cli_train_then_separate_with_the_run_folder(data, tiny_mss_yaml, tmp_path, capsys):
     from d3net.cli import train as train_cli
     from d3net.separate import Separator
 
@@ -171,7 +161,7 @@ def test_cli_train_then_separate_with_the_run_folder(data, tiny, tmp_path, capsy
     out = tmp_path / "cli-run"
     args = parser.parse_args([
         "train", "mss", "--root", str(data), "--target", "drums", "--out", str(out),
-        "--config", str(tiny), "--epochs", "1", "--batch-size", "2", "--lr", "0.01",
+        "--config", str(tiny_mss_yaml), "--epochs", "1", "--batch-size", "2", "--lr", "0.01",
         "--excerpt-seconds", "0.4", "--patch-frames", "16", "--samples-per-track", "1",
         "--gain", "none", "--no-channel-swap", "--sync-bn", "off", "--seed", "1"])
     assert args.func(args) == 0
@@ -193,21 +183,22 @@ def test_cli_train_then_separate_with_the_run_folder(data, tiny, tmp_path, capsy
         bad.func(bad)
 
 
-def test_bad_inputs_are_clear_errors(data, tiny, tmp_path):
+def test_bad_inputs_are_clear_errors(data, tiny_mss_yaml, tmp_path):
     with pytest.raises(D3NetError, match="unknown target"):
-        train_mss(data, "piano", tmp_path / "r", tiny)
+        train_mss(data, "piano", tmp_path / "r", tiny_mss_yaml)
     with pytest.raises(D3NetError, match="unknown training option"):
-        train_mss(data, "vocals", tmp_path / "r", tiny, learning_rate=1.0)
+        train_mss(data, "vocals", tmp_path / "r", tiny_mss_yaml, learning_rate=1.0)
     with pytest.raises(D3NetError, match="validation track"):
-        train_mss(data, "vocals", tmp_path / "r", tiny, validation=("nope",), progress=False)
-    with pytest.raises(D3NetError, match="fewer than patch_frames"):
-        train_mss(data, "vocals", tmp_path / "r", tiny, excerpt_seconds=0.1, patch_frames=16,
+        train_mss(data, "vocals", tmp_path / "r", tiny_mss_yaml, validation=("nope",),
                   progress=False)
+    with pytest.raises(D3NetError, match="fewer than patch_frames"):
+        train_mss(data, "vocals", tmp_path / "r", tiny_mss_yaml, excerpt_seconds=0.1,
+                  patch_frames=16, progress=False)
     with pytest.raises(D3NetError, match="no full batch"):
-        train_mss(data, "vocals", tmp_path / "r", tiny, batch_size=64, samples_per_track=1,
+        train_mss(data, "vocals", tmp_path / "r", tiny_mss_yaml, batch_size=64, samples_per_track=1,
                   excerpt_seconds=0.4, patch_frames=16, progress=False, quiet=True)
     with pytest.raises(D3NetError, match="dataset folder not found"):
-        train_mss(tmp_path / "missing", "vocals", tmp_path / "r", tiny)
+        train_mss(tmp_path / "missing", "vocals", tmp_path / "r", tiny_mss_yaml)
     with pytest.raises(D3NetError, match="epochs must be >= 1"):
         MSSHyperParams(epochs=0)
 

@@ -8,10 +8,10 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from d3net import models as model_io
+from d3net import cli
 from d3net.data.synth_scenes import generate_dataset
 from d3net.errors import D3NetError
 from d3net.evaluate.seg import evaluate_seg
@@ -20,10 +20,6 @@ from d3net.train import seg as train_seg_module
 from d3net.train.precision import has_native_bfloat16
 from d3net.train.seg import poly_lr, seg_loss, train_seg
 
-TINY = dict(task="seg", name="test-tiny", num_init_features=8, num_layers=[2, 2, 2, 2],
-            num_blocks=[1, 1, 1, 1], growth_rate=[6, 6, 6, 6], compression=[1.0] * 4,
-            out_layers=[2, 2, 2, 2], feature_channels=[8, 8, 8, 8], transition_factor=1,
-            dilation="multi", head="fcn", head_channels=16, num_classes=19)
 # fast settings for a ~20 k parameter model on 64x128 scenes
 FAST = dict(batch_size=2, crop=(64, 96), scale_range=(0.75, 1.25), lr=0.05,
             lr_scaling=False, val_interval=0, checkpoint_interval=2, seed=3)
@@ -34,23 +30,6 @@ def scenes(tmp_path_factory):
     root = tmp_path_factory.mktemp("scenes")
     generate_dataset(root, images=10, size=(64, 128), seed=0, progress=False)  # 8 train, 2 val
     return root
-
-
-@pytest.fixture(scope="module")
-def tiny_yaml(tmp_path_factory):
-    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
-    return path
-
-
-@pytest.fixture
-def run_cli(monkeypatch):
-    """``d3net.cli.main`` with the train, evaluate and segment commands registered."""
-    from d3net import cli
-    missing = [m for m in ("train", "evaluate", "segment") if m not in cli.COMMAND_MODULES]
-    monkeypatch.setattr(cli, "COMMAND_MODULES", cli.COMMAND_MODULES + missing)
-    monkeypatch.delenv("D3NET_MODEL", raising=False)
-    return cli.main
 
 
 def weights(model):
@@ -85,9 +64,9 @@ def test_loss_ignores_label_255_and_adds_the_auxiliary_loss():
 
 # ----------------------------------------------------------------------------- runs
 
-def test_train_resume_evaluate_and_segment(scenes, tiny_yaml, tmp_path, capsys, run_cli):
+def test_train_resume_evaluate_and_segment(scenes, tiny_seg_yaml, tmp_path, capsys):
     run = tmp_path / "run"
-    result = train_seg(scenes, run, tiny_yaml, iters=8, progress=False,
+    result = train_seg(scenes, run, tiny_seg_yaml, iters=8, progress=False,
                        **{**FAST, "val_interval": 4})
     assert result.iterations == 8 and len(result.train_loss) == 8
     losses = result.train_loss
@@ -101,16 +80,16 @@ def test_train_resume_evaluate_and_segment(scenes, tiny_yaml, tmp_path, capsys, 
 
     # an existing run is not overwritten by accident
     with pytest.raises(D3NetError, match="--resume"):
-        train_seg(scenes, run, tiny_yaml, iters=8, progress=False, **FAST)
+        train_seg(scenes, run, tiny_seg_yaml, iters=8, progress=False, **FAST)
     # resume with a different crop is refused, with a larger --iters it continues
     with pytest.raises(D3NetError, match="crop"):
         train_seg(scenes, run, resume=True, progress=False, iters=10,
                   **{**FAST, "crop": (32, 32)})
     capsys.readouterr()
-    code = run_cli(["train", "seg", "--root", str(scenes), "--out", str(run), "--resume",
-                    "--iters", "10", "--batch-size", "2", "--crop", "64x96", "--lr", "0.05",
-                    "--no-lr-scaling", "--scale-range", "0.75,1.25", "--val-interval", "4",
-                    "--checkpoint-interval", "2", "--seed", "3"])
+    code = cli.main(["train", "seg", "--root", str(scenes), "--out", str(run), "--resume",
+                     "--iters", "10", "--batch-size", "2", "--crop", "64x96", "--lr", "0.05",
+                     "--no-lr-scaling", "--scale-range", "0.75,1.25", "--val-interval", "4",
+                     "--checkpoint-interval", "2", "--seed", "3"])
     out = capsys.readouterr().out
     assert code == 0
     assert "resuming" in out and "poly schedule recomputed over 10 iterations (was 8)" in out
@@ -121,7 +100,7 @@ def test_train_resume_evaluate_and_segment(scenes, tiny_yaml, tmp_path, capsys, 
     assert [it for it, _ in history["val_miou"]] == [4, 8, 10]
 
     # evaluation of the run folder: the per-class table is printed
-    code = run_cli(["evaluate", "seg", "--root", str(scenes), "--model", str(run), "-q"])
+    code = cli.main(["evaluate", "seg", "--root", str(scenes), "--model", str(run), "-q"])
     table = capsys.readouterr().out
     assert code == 0
     assert "road" in table and "sky" in table and "mIoU" in table
@@ -134,35 +113,35 @@ def test_train_resume_evaluate_and_segment(scenes, tiny_yaml, tmp_path, capsys, 
 
     # segmentation of an image with the trained model
     image = next((scenes / "leftImg8bit" / "val").rglob("*.png"))
-    code = run_cli(["segment", str(image), "-o", str(tmp_path / "seg"), "--model", str(run),
-                    "-q"])
+    code = cli.main(["segment", str(image), "-o", str(tmp_path / "seg"), "--model", str(run),
+                     "-q"])
     assert code == 0
     labels = np.asarray(Image.open(tmp_path / "seg" / f"{image.stem}_trainIds.png"))
     assert labels.shape == (64, 128) and labels.max() < 19
     assert (tmp_path / "seg" / f"{image.stem}_overlay.png").is_file()
 
 
-def test_cli_errors_are_one_line(scenes, tmp_path, run_cli, capsys):
-    code = run_cli(["evaluate", "seg", "--root", str(scenes), "--model",
-                    str(tmp_path / "nothing"), "-q"])
+def test_cli_errors_are_one_line(scenes, tmp_path, capsys):
+    code = cli.main(["evaluate", "seg", "--root", str(scenes), "--model",
+                     str(tmp_path / "nothing"), "-q"])
     assert code == 2
     assert "model not found" in capsys.readouterr().err
-    code = run_cli(["train", "seg", "--root", str(tmp_path / "nowhere"), "--out",
-                    str(tmp_path / "run"), "--config", "d3net-s", "-q"])
+    code = cli.main(["train", "seg", "--root", str(tmp_path / "nowhere"), "--out",
+                     str(tmp_path / "run"), "--config", "d3net-s", "-q"])
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nowhere" in err
-    code = run_cli(["train", "seg", "--root", str(scenes), "--out", str(tmp_path / "run"),
-                    "--crop", "64by96", "-q"])
+    code = cli.main(["train", "seg", "--root", str(scenes), "--out", str(tmp_path / "run"),
+                     "--crop", "64by96", "-q"])
     assert code == 2 and "--crop" in capsys.readouterr().err
 
 
-def test_evaluation_matches_a_hand_made_confusion_matrix(scenes, tiny_yaml):
+def test_evaluation_matches_a_hand_made_confusion_matrix(scenes, tiny_seg_yaml):
     from d3net.data.cityscapes import CityscapesDataset
     from d3net.evaluate.miou import ConfusionMatrix
 
     torch.manual_seed(0)
-    model = model_io.create(tiny_yaml).eval()
+    model = model_io.create(tiny_seg_yaml).eval()
     segmenter = Segmenter(model)
     val = CityscapesDataset(scenes, "val")
     expected = ConfusionMatrix(19)
@@ -180,8 +159,8 @@ def test_evaluation_matches_a_hand_made_confusion_matrix(scenes, tiny_yaml):
         evaluate_seg(scenes, model, split="test", progress=False)
 
 
-def test_interrupted_run_resumes_exactly(scenes, tiny_yaml, tmp_path, monkeypatch):
-    straight = train_seg(scenes, tmp_path / "a", tiny_yaml, iters=6, progress=False, **FAST)
+def test_interrupted_run_resumes_exactly(scenes, tiny_seg_yaml, tmp_path, monkeypatch):
+    straight = train_seg(scenes, tmp_path / "a", tiny_seg_yaml, iters=6, progress=False, **FAST)
 
     calls = {"n": 0}
     original = train_seg_module.seg_loss
@@ -194,7 +173,7 @@ def test_interrupted_run_resumes_exactly(scenes, tiny_yaml, tmp_path, monkeypatc
 
     monkeypatch.setattr(train_seg_module, "seg_loss", crash_on_fifth)
     with pytest.raises(KeyboardInterrupt):
-        train_seg(scenes, tmp_path / "b", tiny_yaml, iters=6, progress=False, **FAST)
+        train_seg(scenes, tmp_path / "b", tiny_seg_yaml, iters=6, progress=False, **FAST)
     monkeypatch.setattr(train_seg_module, "seg_loss", original)
     resumed = train_seg(scenes, tmp_path / "b", resume=True, iters=6, progress=False, **FAST)
 
@@ -203,14 +182,14 @@ def test_interrupted_run_resumes_exactly(scenes, tiny_yaml, tmp_path, monkeypatc
         assert torch.equal(resumed.model.state_dict()[key], value), key
 
 
-def test_mixed_precision_run_resumes_exactly_across_validation(scenes, tiny_yaml, tmp_path,
+def test_mixed_precision_run_resumes_exactly_across_validation(scenes, tiny_seg_yaml, tmp_path,
                                                                 monkeypatch, capsys):
     """--amp (bfloat16 where this CPU has it natively) and --recompute with a validation
     before the checkpoint: an interrupted run resumes on the very same numbers (validation's inference
     must leave the training layout as it was)."""
     amp = has_native_bfloat16("cpu")
     options = dict(FAST, amp=amp, val_interval=2, recompute="unit")
-    straight = train_seg(scenes, tmp_path / "a", tiny_yaml, iters=4, progress=False,
+    straight = train_seg(scenes, tmp_path / "a", tiny_seg_yaml, iters=4, progress=False,
                          **options)
     opening = capsys.readouterr().out
     assert ("bfloat16 autocast" in opening) == amp and ("float32" in opening) != amp
@@ -222,7 +201,7 @@ def test_mixed_precision_run_resumes_exactly_across_validation(scenes, tiny_yaml
         patch.setattr(train_seg_module, "seg_loss",
                       lambda *a, **k: next(losses, _interrupt)(*a, **k))
         with pytest.raises(KeyboardInterrupt):
-            train_seg(scenes, tmp_path / "b", tiny_yaml, iters=4, progress=False, quiet=True,
+            train_seg(scenes, tmp_path / "b", tiny_seg_yaml, iters=4, progress=False, quiet=True,
                       **options)
     resumed = train_seg(scenes, tmp_path / "b", resume=True, iters=4, progress=False,
                         quiet=True)
@@ -232,11 +211,11 @@ def test_mixed_precision_run_resumes_exactly_across_validation(scenes, tiny_yaml
         assert torch.equal(resumed.model.state_dict()[key], value), key
 
 
-def test_channels_last_with_cpu_bfloat16_is_refused(scenes, tiny_yaml, tmp_path):
+def test_channels_last_with_cpu_bfloat16_is_refused(scenes, tiny_seg_yaml, tmp_path):
     if not has_native_bfloat16("cpu"):
         pytest.skip("this CPU has no native bfloat16 (--amp trains in float32 here)")
     with pytest.raises(D3NetError, match="channels-last with bfloat16"):
-        train_seg(scenes, tmp_path / "r", tiny_yaml, iters=1, amp=True, channels_last=True,
+        train_seg(scenes, tmp_path / "r", tiny_seg_yaml, iters=1, amp=True, channels_last=True,
                   progress=False, quiet=True, **FAST)
     assert not (tmp_path / "r" / "train.ckpt").exists()
 
@@ -245,7 +224,7 @@ def _interrupt(*args, **kwargs):
     raise KeyboardInterrupt
 
 
-def test_ocr_head_trains_with_its_auxiliary_loss(scenes, tiny_yaml, tmp_path, monkeypatch):
+def test_ocr_head_trains_with_its_auxiliary_loss(scenes, tiny_seg_yaml, tmp_path, monkeypatch):
     seen = []
     original = train_seg_module.seg_loss
 
@@ -254,7 +233,7 @@ def test_ocr_head_trains_with_its_auxiliary_loss(scenes, tiny_yaml, tmp_path, mo
         return original(logits, labels, aux, aux_weight, **kwargs)
 
     monkeypatch.setattr(train_seg_module, "seg_loss", spy)
-    result = train_seg(scenes, tmp_path / "ocr", tiny_yaml, head="ocr", iters=2,
+    result = train_seg(scenes, tmp_path / "ocr", tiny_seg_yaml, head="ocr", iters=2,
                        progress=False, **FAST)
     assert seen == [(True, 0.4)] * 2
     model = model_io.load(tmp_path / "ocr" / "model.safetensors")
@@ -262,11 +241,11 @@ def test_ocr_head_trains_with_its_auxiliary_loss(scenes, tiny_yaml, tmp_path, mo
     assert all(np.isfinite(result.train_loss))
 
 
-def test_nan_loss_stops_with_one_clear_line(scenes, tiny_yaml, tmp_path, monkeypatch):
+def test_nan_loss_stops_with_one_clear_line(scenes, tiny_seg_yaml, tmp_path, monkeypatch):
     monkeypatch.setattr(train_seg_module, "seg_loss",
                         lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(D3NetError, match="NaN|nan"):
-        train_seg(scenes, tmp_path / "nan", tiny_yaml, iters=3, progress=False, **FAST)
+        train_seg(scenes, tmp_path / "nan", tiny_seg_yaml, iters=3, progress=False, **FAST)
 
 
 DDP_SCRIPT = textwrap.dedent("""
@@ -301,13 +280,13 @@ DDP_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_two_process_ddp_on_cpu(scenes, tiny_yaml, tmp_path):
+def test_two_process_ddp_on_cpu(scenes, tiny_seg_yaml, tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(script), str(scenes), str(tmp_path / "run"), str(tiny_yaml),
+         str(script), str(scenes), str(tmp_path / "run"), str(tiny_seg_yaml),
          str(tmp_path / "report")],
         capture_output=True, text=True, env=env, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]

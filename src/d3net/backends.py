@@ -30,6 +30,7 @@ OpenVINO runs with as many threads as ``torch.get_num_threads()``, so one settin
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import os
 import shutil
@@ -44,7 +45,7 @@ from torch import Tensor, nn
 
 from d3net.errors import D3NetError
 from d3net.models import D3NetMSS, fingerprint
-from d3net.utils import cache_home, exact_float32
+from d3net.utils import PathLike, cache_home, exact_float32
 
 BACKENDS = ("auto", "torch", "openvino")
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -205,7 +206,6 @@ def example_magnitude(model: D3NetMSS, frames: Optional[int] = None) -> Tensor:
 
 def float32_cpu_copy(model: D3NetMSS) -> D3NetMSS:
     """A float32, contiguous-layout CPU copy in eval mode (the caller's model is left as is)."""
-    import copy
     model = copy.deepcopy(model).float().cpu().eval()
     return model.to(memory_format=torch.contiguous_format)
 
@@ -244,7 +244,7 @@ def convert_openvino(model: D3NetMSS, frames: Optional[int] = None):
     return converted
 
 
-def openvino_cache_dir(model: D3NetMSS, cache_dir: Union[str, os.PathLike, None] = None) -> Path:
+def openvino_cache_dir(model: D3NetMSS, cache_dir: Optional[PathLike] = None) -> Path:
     """Where the converted ``model`` is cached: ``<cache>/openvino/<fingerprint>-ov<version>``.
 
     ``cache_dir`` defaults to :func:`d3net.utils.cache_home` (``$D3NET_HOME`` or
@@ -258,7 +258,7 @@ def openvino_cache_dir(model: D3NetMSS, cache_dir: Union[str, os.PathLike, None]
     return root / "openvino" / f"{fingerprint(model)[:32]}-ov{version}"
 
 
-def cached_openvino_model(model: D3NetMSS, cache_dir: Union[str, os.PathLike, None] = None,
+def cached_openvino_model(model: D3NetMSS, cache_dir: Optional[PathLike] = None,
                           progress: bool = False):
     """The converted model, read from the cache or converted and written there.
 
@@ -314,7 +314,7 @@ class OpenVINORunner:
     backend = "openvino"
 
     def __init__(self, model: D3NetMSS, precision: str = "float32",
-                 cache_dir: Union[str, os.PathLike, None] = None, progress: bool = False):
+                 cache_dir: Optional[PathLike] = None, progress: bool = False):
         if precision not in ("float32", "bfloat16"):
             raise D3NetError(f"OpenVINORunner runs float32 or bfloat16, not {precision!r}")
         if not isinstance(model, D3NetMSS):
@@ -345,7 +345,7 @@ class OpenVINORunner:
 
 def create_runner(model: nn.Module, backend: str = "torch", precision: str = "float32",
                   compat: Optional[str] = None,
-                  cache_dir: Union[str, os.PathLike, None] = None,
+                  cache_dir: Optional[PathLike] = None,
                   progress: bool = False) -> Runner:
     """A runner for ``model`` with a resolved backend and precision (not ``"auto"``: see
     :func:`resolve_backend` and :func:`resolve_precision`)."""

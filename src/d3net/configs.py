@@ -22,9 +22,13 @@ import yaml
 
 from .errors import D3NetError
 from .image import CITYSCAPES_MEAN, CITYSCAPES_STD
-from .nn import DILATION_MODES
+from .nn import check_dilation
+from .utils import PathLike
 
 TARGETS = ("vocals", "drums", "bass", "other")
+"""The four sources of music separation (MUSDB18's, in its order), one network each."""
+ACCOMPANIMENT = TARGETS[1:]
+"""The sources the accompaniment sums: everything but the vocals."""
 
 
 @dataclass
@@ -64,7 +68,7 @@ class SegConfig:
                                  f"got {len(value)}")
             setattr(self, name, value)
         self.mean, self.std = tuple(self.mean), tuple(self.std)
-        _check_mode(self.dilation, self.name)
+        check_dilation(self.dilation, f"config {self.name}: ")
         if self.head not in ("fcn", "ocr"):
             raise D3NetError(f"config {self.name}: head must be 'fcn' or 'ocr', got {self.head!r}")
 
@@ -149,7 +153,7 @@ class MSSConfig:
                            for b in self.bands)
         if isinstance(self.full, dict):
             self.full = BranchConfig(**self.full)
-        _check_mode(self.dilation, self.name)
+        check_dilation(self.dilation, f"config {self.name}: ")
         if self.full is None or not self.bands:
             raise D3NetError(f"config {self.name}: needs band branches and a full-band branch")
         if len(self.bands) != len(self.band_split) + 1:
@@ -183,11 +187,6 @@ class MSSConfig:
 
 Config = Union[SegConfig, MSSConfig]
 
-
-def _check_mode(dilation: str, name: str) -> None:
-    if dilation not in DILATION_MODES:
-        raise D3NetError(f"config {name}: dilation must be one of {DILATION_MODES}, "
-                         f"got {dilation!r}")
 
 
 # ----------------------------------------------------------------------------- presets
@@ -300,13 +299,7 @@ def _renamed_mss_keys(data: Dict[str, Any]) -> Dict[str, Any]:
     return data
 
 
-def save_yaml(config: Config, path: Union[str, Path]) -> None:
-    from .utils import atomic_path
-    with atomic_path(path) as tmp:
-        tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-
-
-def load_config(source: Union[str, Path, Config, Dict[str, Any]], task: Optional[str] = None,
+def load_config(source: Union[PathLike, Config, Dict[str, Any]], task: Optional[str] = None,
                 target: Optional[str] = None) -> Config:
     """A config from a preset name, a YAML file (ours or the official format), or a dict.
 

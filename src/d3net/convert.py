@@ -9,23 +9,28 @@ and transposed-convolution weights ``(in, out, kh, kw)``, as in PyTorch; BatchNo
 The mapping is strict: every official parameter is used exactly once and every model
 parameter and BatchNorm statistic is filled (``num_batches_tracked`` has no official
 counterpart). Anything else is an error naming the first offending names.
+
+:mod:`d3net.models` imports this module (its loader reads official files), so the
+functions here that build models import :mod:`d3net.models` when called: an import cycle
+otherwise.
 """
 from __future__ import annotations
 
+import tempfile
 import warnings
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from .configs import MSSConfig, SegConfig, TARGETS, describe, load_config, preset
+from .configs import MSSConfig, TARGETS, describe, load_config, preset
 from .errors import D3NetError
-from .utils import check_writable
+from .utils import PathLike, check_writable
 
-PathLike = Union[str, Path]
 Mapping = Dict[str, str]  # official name -> our state_dict key
 
 
@@ -33,7 +38,7 @@ Mapping = Dict[str, str]  # official name -> our state_dict key
 
 def read_nnabla_h5(path: PathLike) -> "OrderedDict[str, np.ndarray]":
     """All parameters of an NNabla ``.h5`` file, in creation order, as float32 arrays."""
-    import h5py
+    import h5py  # start-up time: only official files need it
 
     path = Path(path)
     if not path.is_file():
@@ -322,8 +327,6 @@ def unpack_official_zip(path: PathLike, folder: PathLike,
     Raises:
         D3NetError: not a complete zip archive, a corrupt member, or a needed file missing.
     """
-    import zipfile
-
     path, folder = Path(path), Path(folder)
     try:
         with zipfile.ZipFile(path) as archive:
@@ -365,8 +368,6 @@ def convert_nnabla(src: PathLike, dst: PathLike, config=None, task: Optional[str
     Everything is converted in memory first; files are written only if all succeed, each
     atomically.
     """
-    import tempfile
-
     from .models import save
 
     src, dst = Path(src), Path(dst)

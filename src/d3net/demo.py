@@ -6,18 +6,20 @@ synthetic songs by ``scripts/train_demo.py``; the demo draws songs from small se
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 
+from .audio import io, spectral
+from .configs import TARGETS
 from .errors import D3NetError
+from .evaluate.sdr import score_track
 from .models import hub
-from .utils import check_writable
+from .separate import Separator
+from .utils import PathLike, atomic_path, check_writable
 
-TARGETS = ("vocals", "drums", "bass", "other")
 #: Demo and held-out evaluation songs use seeds from here; training songs use 64-bit hashed
 #: seeds (``synth_music.song_seed``), which these small seeds never equal.
 FIRST_DEMO_SEED = 10_000
@@ -30,7 +32,7 @@ def bundled_model_dir() -> Path:
     return hub.fetch("demo", progress=False)
 
 
-def run_demo(out: Union[str, os.PathLike], seed: int = FIRST_DEMO_SEED,
+def run_demo(out: PathLike, seed: int = FIRST_DEMO_SEED,
              seconds: float = DEMO_SECONDS, device: Optional[str] = None,
              progress: bool = True, scorer: str = "auto") -> Dict[str, object]:
     """Generate a song, separate it, write audio + a spectrogram figure, score it.
@@ -45,10 +47,8 @@ def run_demo(out: Union[str, os.PathLike], seed: int = FIRST_DEMO_SEED,
         ``{"scorer": "museval" | "own", "sdr": {target: median SDR (dB)},
         "baseline_sdr": {target: SDR of the mixture as estimate}}``.
     """
-    from .audio import io
+    # scipy.signal (~1 s): imported here because 'd3net --help' reads this module's constants
     from .data.synth_music import generate_song
-    from .evaluate.sdr import score_track
-    from .separate import Separator
 
     if not 0 <= seed < 2 ** 32:
         raise D3NetError(f"--seed must be in [0, 2**32), got {seed}")
@@ -79,12 +79,9 @@ def run_demo(out: Union[str, os.PathLike], seed: int = FIRST_DEMO_SEED,
 def plot_spectrograms(path: Path, mixture: np.ndarray, truth: Dict[str, np.ndarray],
                       estimates: Dict[str, np.ndarray], sample_rate: int) -> None:
     """Mixture on top, then one row per target: estimate (left) vs truth (right)."""
-    import matplotlib
+    import matplotlib  # start-up time, as generate_song above
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .audio import spectral
-    from .utils import atomic_path
 
     def db(x: np.ndarray) -> np.ndarray:
         mag = spectral.magnitude(spectral.stft(torch.from_numpy(x.mean(0))))

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional
 
 import torch
 
@@ -30,7 +30,7 @@ from d3net.backends import PatchNetwork, example_magnitude, float32_cpu_copy, co
 from d3net.configs import to_dict
 from d3net.errors import D3NetError
 from d3net.models import D3NetMSS
-from d3net.utils import atomic_path
+from d3net.utils import PathLike, atomic_path
 
 FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
 ONNX_OPSET = 17
@@ -54,7 +54,7 @@ def _check_model(model) -> D3NetMSS:
     return model
 
 
-def export_onnx(model: D3NetMSS, path: Union[str, os.PathLike], frames: Optional[int] = None,
+def export_onnx(model: D3NetMSS, path: PathLike, frames: Optional[int] = None,
                 opset: int = ONNX_OPSET) -> Path:
     """Write ``model`` as one ONNX file (atomically), dynamic batch and frame axes.
 
@@ -92,7 +92,7 @@ def export_onnx(model: D3NetMSS, path: Union[str, os.PathLike], frames: Optional
     return path
 
 
-def export_openvino(model: D3NetMSS, path: Union[str, os.PathLike],
+def export_openvino(model: D3NetMSS, path: PathLike,
                     frames: Optional[int] = None) -> Path:
     """Write ``model`` as OpenVINO IR: ``path`` (``.xml``) and the ``.bin`` beside it,
     float32 weights (no FP16 compression), dynamic batch and frame axes.
@@ -123,7 +123,7 @@ def export_openvino(model: D3NetMSS, path: Union[str, os.PathLike],
     return path
 
 
-def load_models(model: Union[str, os.PathLike]) -> Dict[str, D3NetMSS]:
+def load_models(model: PathLike) -> Dict[str, D3NetMSS]:
     """target -> music network for any separation model spec (a model file, a separation
     model folder, an official ``.h5``, a weight name such as ``official-mss``): see
     :func:`d3net.models.load_separation`.
@@ -134,7 +134,7 @@ def load_models(model: Union[str, os.PathLike]) -> Dict[str, D3NetMSS]:
     return model_io.load_separation(model)
 
 
-def export_models(model: Union[str, os.PathLike], format: str, out: Union[str, os.PathLike],
+def export_models(model: PathLike, format: str, out: PathLike,
                   frames: Optional[int] = None) -> List[Path]:
     """Export a model file or every network of a separation model folder.
 

@@ -4,9 +4,9 @@ Naming follows what the code does rather than the paper's letters (the paper's C
 section swaps M and L): ``num_layers`` is the number of layers in one D2 block and
 ``num_blocks`` the number of D2 blocks in one D3 block.
 
-The D2 block is computed in the official implementation's order (see NOTES.md), which is
-mathematically the paper's Eq. (2) with one BatchNorm per source instead of one per
-(layer, source) pair:
+The D2 block is computed in the order of Sony's official NNabla implementation
+(sony/ai-research-code, ``d3net/``), which is mathematically the paper's Eq. (2) with one
+BatchNorm per source instead of one per (layer, source) pair:
 
 1. an initial BN-ReLU-conv3x3 (dilation 1) maps the input to ``growth_rate * num_layers``
    channels, viewed as ``num_layers`` slices; slice ``j`` is the input's contribution to
@@ -33,14 +33,18 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .errors import D3NetError
+
 DILATION_MODES = ("multi", "standard", "none")
 RECOMPUTE_MODES = ("none", "unit", "d2", "d3")
 DEFAULT_RECOMPUTE = "unit"
 
 
-def check_dilation(dilation: str) -> str:
+def check_dilation(dilation: str, owner: str = "") -> str:
+    """``dilation`` if it is one of :data:`DILATION_MODES`, else a :class:`D3NetError` whose
+    message starts with ``owner`` (e.g. the config's name)."""
     if dilation not in DILATION_MODES:
-        raise ValueError(f"dilation must be one of {DILATION_MODES}, got {dilation!r}")
+        raise D3NetError(f"{owner}dilation must be one of {DILATION_MODES}, got {dilation!r}")
     return dilation
 
 

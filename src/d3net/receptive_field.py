@@ -494,6 +494,8 @@ def _check_inside_window(coverage: CoverageMap) -> None:
 
 
 # ----------------------------------------------------------------------------- plotting
+# matplotlib is imported by the plotting functions only (start-up time: 'd3net --help'
+# imports this module).
 
 def plot_format(path: PathLike) -> str:
     """The image format ``path``'s extension names; D3NetError when matplotlib cannot write it."""

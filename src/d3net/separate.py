@@ -44,7 +44,6 @@ and patches that do not overlap (``overlap=0``; measured in benchmarks/RESULTS.m
 """
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,9 +56,11 @@ from tqdm.auto import tqdm
 from d3net import backends
 from d3net.audio import io, spectral
 from d3net.audio.wiener import wiener
+from d3net.configs import TARGETS
 from d3net.errors import D3NetError
+from d3net.models import load_separation
+from d3net.utils import PathLike
 
-TARGETS = ("vocals", "drums", "bass", "other")
 COMPAT_MODES = (None, "official")
 MODES = ("default", "fast")
 # fast mode: no channel flip, patches side by side (see FAST_OVERLAP's measurement in
@@ -144,7 +145,7 @@ class Separator(nn.Module):
                  device: Union[str, torch.device, None] = None, progress: bool = False,
                  precision: str = "auto", backend: str = "auto", mode: str = "default",
                  overlap: Optional[float] = None,
-                 cache_dir: Union[str, os.PathLike, None] = None,
+                 cache_dir: Optional[PathLike] = None,
                  wiener_window: Union[int, None, str] = "auto"):
         super().__init__()
         if not models:
@@ -236,7 +237,7 @@ class Separator(nn.Module):
         return not set(TARGETS) <= set(self.targets)
 
     @classmethod
-    def from_pretrained(cls, model: Union[str, os.PathLike] = "official-mss",
+    def from_pretrained(cls, model: PathLike = "official-mss",
                         targets: Optional[Sequence[str]] = None,
                         device: Union[str, torch.device, None] = None, *,
                         download_progress: bool = True, **options) -> "Separator":
@@ -255,14 +256,12 @@ class Separator(nn.Module):
         Raises:
             D3NetError: see :func:`d3net.models.load_separation`.
         """
-        from d3net.models import load_separation
-
         models = load_separation(model, targets=targets, device=device,
                                  progress=download_progress)
         return cls(models, device=device, **options)
 
     @classmethod
-    def from_dir(cls, path: Union[str, os.PathLike], device: Union[str, torch.device, None] = None,
+    def from_dir(cls, path: PathLike, device: Union[str, torch.device, None] = None,
                  targets: Optional[Sequence[str]] = None, **options) -> "Separator":
         """Alias of :meth:`from_pretrained` (kept for existing code): ``path`` may be any
         separation model spec."""
@@ -304,7 +303,7 @@ class Separator(nn.Module):
         return {name: torch.cat(blocks, dim=-1).to(waveform.device)
                 for name, blocks in parts.items()}
 
-    def separate_file(self, path: Union[str, os.PathLike], folder: Union[str, os.PathLike],
+    def separate_file(self, path: PathLike, folder: PathLike,
                       accompaniment: bool = False, format: str = "wav", bits: int = 16,
                       clip_mode: str = "rescale",
                       block_samples: int = io.BLOCK_SAMPLES) -> SeparatedFile:

@@ -6,6 +6,8 @@ import warnings
 
 from . import add_quiet
 
+# The library is imported when a command runs (start-up time: 'd3net --help' builds all parsers)
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("convert", help="convert official weights to d3net model files")

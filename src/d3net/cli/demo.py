@@ -5,6 +5,8 @@ import argparse
 
 from . import add_device_option, add_quiet
 
+# The library is imported when a command runs (start-up time: 'd3net --help' builds all parsers)
+
 
 def register(subparsers) -> None:
     from ..demo import DEMO_SECONDS, FIRST_DEMO_SEED
@@ -23,7 +25,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import TARGETS, run_demo
+    from ..configs import TARGETS
+    from ..demo import run_demo
 
     result = run_demo(args.out, seed=args.seed, seconds=args.seconds, device=args.device,
                       progress=not args.quiet)

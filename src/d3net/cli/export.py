@@ -5,6 +5,8 @@ import argparse
 
 from . import add_quiet
 
+# The library is imported when a command runs (start-up time: 'd3net --help' builds all parsers)
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(

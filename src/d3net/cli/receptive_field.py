@@ -9,13 +9,12 @@ from ..errors import D3NetError
 from ..nn import DILATION_MODES
 from ..receptive_field import D2Report, analyze_d2_block, plot_coverage, plot_format
 from ..utils import check_writable
+from . import add_quiet
 
 MAX_LAYERS = 12
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from . import add_quiet
-
     parser = subparsers.add_parser(
         "receptive-field",
         help="blind spots and receptive field of a D2 block per dilation mode",

@@ -7,10 +7,11 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..errors import D3NetError
 from . import add_device_option, add_model_option, add_quiet, model_spec
 
-#: Every stem name separate can write (targets and the accompaniment).
-STEM_NAMES = ("vocals", "drums", "bass", "other", "accompaniment")
+# The library is imported when a command runs (start-up time: 'd3net --help' builds all parsers)
+
 #: What ``d3net separate`` uses without ``--model`` or ``$D3NET_MODEL``.
 DEFAULT_MODEL = "official-mss"
 
@@ -75,13 +76,13 @@ def output_folders(inputs: list[Path], out_root: Path, fmt: str) -> dict[Path, P
     """Each input's output folder ``OUTDIR/<name>``, refusing, before any work, two inputs
     that share a folder (``a/song.wav``, ``b/song.wav``, ``song.flac``) and an input that
     one of the stems written into a folder would overwrite (``out/x/vocals.wav -o out``)."""
-    from ..errors import D3NetError
+    from ..configs import TARGETS
     from ..utils import check_unique_outputs
 
     check_unique_outputs(((path, str(out_root / output_name(path))) for path in inputs),
                          hint="rename one, or separate them with different -o folders")
     folders = {path: out_root / output_name(path) for path in inputs}
-    stem_files = {f"{name}.{fmt}" for name in STEM_NAMES}
+    stem_files = {f"{name}.{fmt}" for name in TARGETS + ("accompaniment",)}
     by_folder = {os.path.realpath(folder): path for path, folder in folders.items()}
     for other in inputs:
         if other.name in stem_files and os.path.realpath(other.parent) in by_folder:
@@ -94,7 +95,6 @@ def output_folders(inputs: list[Path], out_root: Path, fmt: str) -> dict[Path, P
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..errors import D3NetError
     from ..separate import OutputLevelWarning, Separator
     from ..utils import check_writable, resolve_device
 

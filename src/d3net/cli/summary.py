@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import D3NetError
 from . import add_quiet
+
+# The library is imported when a command runs (start-up time: 'd3net --help' builds all parsers)
 
 
 def register(subparsers) -> None:
@@ -27,7 +30,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..configs import MSSConfig, describe, load_config
-    from ..errors import D3NetError
     from ..models import count_parameters, create
 
     config = load_config(args.config, task=args.task)

@@ -18,6 +18,7 @@ import os
 import typing
 from typing import Any, Dict, Type
 
+from ..configs import TARGETS
 from ..train.distributed import SYNC_BN_MODES
 from ..train import mss as mss_recipe
 from ..train import seg as seg_recipe
@@ -48,7 +49,7 @@ def register(subparsers) -> None:
     mss.add_argument("--root", required=True, metavar="DIR",
                      help="dataset root with train/ (MUSDB18-HQ layout, or 'd3net data "
                           "synth-musdb' output)")
-    mss.add_argument("--target", required=True, choices=["vocals", "drums", "bass", "other"])
+    mss.add_argument("--target", required=True, choices=TARGETS)
     mss.add_argument("--out", required=True, metavar="RUNDIR", help="run folder")
     mss.add_argument("--config", metavar="PRESET|YAML",
                      help="architecture: mss-vocals, mss-drums, mss-bass, mss-other, mss-small "

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import D3NetError
 from . import add_quiet
+
+# The library is imported when a command runs (start-up time: 'd3net --help' builds all parsers)
 
 
 def register(subparsers) -> None:
@@ -92,7 +95,6 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 
 def run_path(args: argparse.Namespace) -> int:
-    from ..errors import D3NetError
     from ..models import hub
     from ..models.weights import get_weights
 

@@ -25,18 +25,20 @@ from typing import Iterable, Sequence
 import numpy as np
 import soundfile as sf
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from d3net.audio.spectral import stft
+from d3net.configs import ACCOMPANIMENT, TARGETS
 from d3net.errors import D3NetError
 from d3net.utils import PathLike, atomic_path
 
-SOURCES = ("vocals", "drums", "bass", "other")
-"""The four MUSDB18 sources, in musdb's order (the mixture of a sample sums them in it)."""
-TARGETS = SOURCES + ("accompaniment",)
-"""Training / evaluation targets: a source, or ``accompaniment`` = drums + bass + other."""
-ACCOMPANIMENT = ("drums", "bass", "other")
-STEM_FILES = ("mixture",) + SOURCES
+DATASET_TARGETS = TARGETS + ("accompaniment",)
+"""What a dataset item can give as its target: one of the four sources
+(:data:`d3net.configs.TARGETS`, whose order the mixture of a sample sums them in), or
+``accompaniment`` = drums + bass + other."""
+STEM_FILES = ("mixture",) + TARGETS
 """The five files of a MUSDB18-HQ track folder (``<name>.wav``)."""
 STEM_IDS = {"mixture": 0, "drums": 1, "bass": 2, "other": 3, "vocals": 4}
 """Substream index of each source in a MUSDB18 ``.stem.mp4`` file."""
@@ -96,7 +98,7 @@ class MUSDBTrack:
         """Read ``frames`` samples of one source from sample ``start`` (partial read).
 
         Args:
-            source: ``mixture``, one of :data:`SOURCES`, or ``accompaniment``
+            source: ``mixture``, one of :data:`~d3net.configs.TARGETS`, or ``accompaniment``
                 (drums + bass + other).
             start: first sample.
             frames: number of samples; ``None`` reads to the end of the track.
@@ -108,7 +110,7 @@ class MUSDBTrack:
             return sum(self.load(s, start, frames) for s in ACCOMPANIMENT)
         if source not in self.paths:
             raise D3NetError(f"unknown source {source!r} for track '{self.name}': "
-                             f"use mixture, {', '.join(SOURCES)} or accompaniment")
+                             f"use mixture, {', '.join(TARGETS)} or accompaniment")
         if frames is None:
             frames = self.num_samples - start
         if start < 0 or frames < 0 or start + frames > self.num_samples:
@@ -165,7 +167,7 @@ def _wav_track(folder: Path, subset: str) -> MUSDBTrack:
             raise D3NetError(f"track '{name}': cannot read stem '{stem}.wav': {error}") from None
         paths[stem] = path
     ref = infos["mixture"]
-    for stem in SOURCES:
+    for stem in TARGETS:
         info = infos[stem]
         if info.samplerate != ref.samplerate:
             raise D3NetError(f"track '{name}': stem '{stem}.wav' has sample rate "
@@ -195,7 +197,7 @@ def _import_musdb():
 
 
 def _stem_track(path: Path, subset: str) -> MUSDBTrack:
-    import stempeg
+    import stempeg  # optional dependency (extra "musdb")
 
     name = path.name[: -len(".stem.mp4")]
     try:
@@ -271,8 +273,8 @@ def list_tracks(root: PathLike, subset: str = "train", split: str | None = None,
 # ----------------------------------------------------------------------------------------
 
 def _check_target(target: str) -> None:
-    if target not in TARGETS:
-        raise D3NetError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
+    if target not in DATASET_TARGETS:
+        raise D3NetError(f"unknown target {target!r}: use one of {', '.join(DATASET_TARGETS)}")
 
 
 def _common(tracks: Sequence[MUSDBTrack], what: str) -> tuple[int, int]:
@@ -301,12 +303,12 @@ class ExcerptDraw:
 class ExcerptDataset(torch.utils.data.Dataset):
     """The official D3Net / Open-Unmix training sampler: random excerpts, remixed.
 
-    Item ``index`` of an epoch draws, for each source in :data:`SOURCES` order, a track
-    (``tracks[index // samples_per_track]``, or with ``random_tracks`` an independently
-    random track per source, as the official ``random_track_mix``), an excerpt offset,
-    a gain in ``gain_range`` and a channel swap with probability 1/2. The mixture is the
-    sum of the augmented sources; the target is one of them (or drums + bass + other for
-    ``accompaniment``).
+    Item ``index`` of an epoch draws, for each source in :data:`~d3net.configs.TARGETS`
+    order, a track (``tracks[index // samples_per_track]``, or with ``random_tracks`` an
+    independently random track per source, as the official ``random_track_mix``), an
+    excerpt offset, a gain in ``gain_range`` and a channel swap with probability 1/2. The
+    mixture is the sum of the augmented sources; the target is one of them (or drums +
+    bass + other for ``accompaniment``).
 
     Differences from the official code, all switchable: the official sampler draws a
     separate offset per source even when sources come from one track; here offsets are
@@ -322,7 +324,7 @@ class ExcerptDataset(torch.utils.data.Dataset):
 
     Args:
         tracks: training tracks (same sample rate and channel count).
-        target: one of :data:`TARGETS`.
+        target: one of :data:`DATASET_TARGETS`.
         excerpt_seconds: excerpt length (official: 6 s).
         samples_per_track: items per track per epoch (official: 64).
         gain_range: ``(low, high)`` random gain per source, or ``None`` for no gain.
@@ -382,7 +384,7 @@ class ExcerptDataset(torch.utils.data.Dataset):
         base = index // self.samples_per_track
         shared_offset = rng.random()
         draws = []
-        for source in SOURCES:
+        for source in TARGETS:
             random_track = int(rng.integers(len(self.tracks)))
             offset_draw, gain_draw, swap_draw = rng.random(3)
             track = random_track if self.random_tracks else base
@@ -404,7 +406,7 @@ class ExcerptDataset(torch.utils.data.Dataset):
             if d.gain != 1.0:
                 audio = audio * np.float32(d.gain)
             sources[d.source] = audio[::-1] if d.swap else audio
-        mixture = sum(sources[s] for s in SOURCES)
+        mixture = sum(sources[s] for s in TARGETS)
         if self.target == "accompaniment":
             target = sum(sources[s] for s in ACCOMPANIMENT)
         else:
@@ -442,8 +444,6 @@ def _mono_magnitudes(track: MUSDBTrack, start: int, stop: int, n_fft: int, hop: 
     """Yield ``(frames, bins)`` float64 blocks of the channel-averaged STFT magnitude of
     the mixture samples ``[start, stop)``: the frames of one :func:`stft` of that excerpt,
     computed ``chunk_frames`` frames at a time to bound memory on long tracks."""
-    from d3net.audio.spectral import stft
-
     half = n_fft // 2
     length = stop - start
     total = length // hop + 1
@@ -523,7 +523,6 @@ def save_stats(path: PathLike, mean: Tensor, scale: Tensor) -> Path:
                          f"and {tuple(scale.shape)}")
     with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
             save_file({"mean": mean, "scale": scale}, str(tmp))
         else:
             with open(tmp, "wb") as file:
@@ -538,7 +537,6 @@ def load_stats(path: PathLike) -> tuple[Tensor, Tensor]:
         raise D3NetError(f"statistics file not found: {path}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
             data = {k: v.numpy() for k, v in load_file(str(path)).items()}
         else:
             with np.load(path) as npz:
@@ -558,7 +556,7 @@ def load_stats(path: PathLike) -> tuple[Tensor, Tensor]:
 
 
 __all__ = [
-    "SOURCES", "TARGETS", "STEM_FILES", "VALIDATION_TRACKS", "MUSDBTrack", "list_tracks",
+    "DATASET_TARGETS", "STEM_FILES", "VALIDATION_TRACKS", "MUSDBTrack", "list_tracks",
     "ExcerptDataset", "ExcerptDraw", "FullTrackDataset", "compute_input_stats", "save_stats",
     "load_stats",
 ]

@@ -19,7 +19,7 @@ Every song is composed and rendered from one integer seed with numpy and scipy o
 A synthetic room (a small Schroeder reverberator) on vocals and other, random stem levels
 and a random overall level make songs differ in space, balance and loudness. Each stem is
 ``(2, samples)`` float32 in [-1, 1]; the mixture is the exact float32 sum of the stems in
-:data:`~d3net.data.musdb.SOURCES` order, also within [-1, 1].
+:data:`~d3net.configs.TARGETS` order, also within [-1, 1].
 
 Written files are 16-bit PCM by default (as MUSDB18-HQ). The stems are quantised first and
 the mixture is the integer sum of the quantised stems, so ``mixture.wav`` equals the sum of
@@ -43,7 +43,7 @@ import soundfile as sf
 from scipy import signal
 from tqdm.auto import tqdm
 
-from d3net.data.musdb import SOURCES
+from d3net.configs import TARGETS
 from d3net.errors import D3NetError
 from d3net.utils import PathLike, atomic_path, check_writable
 
@@ -825,14 +825,14 @@ def _render_song(seed: int, seconds: float, sample_rate: int) -> tuple[dict[str,
         stems[name] = stems[name] + amount * room.tail(stems[name])
     balance_db = {"vocals": rng_mix.uniform(-1, 4), "drums": rng_mix.uniform(-2, 2),
                   "bass": rng_mix.uniform(-3, 2), "other": rng_mix.uniform(-4, 1)}
-    for name in SOURCES:
+    for name in TARGETS:
         stems[name] = _normalise(stems[name]) * 10 ** (balance_db[name] / 20)
 
     # overall level: the loudest of the mixture and the stems peaks at `peak`
-    mixture = sum(stems[name] for name in SOURCES)
+    mixture = sum(stems[name] for name in TARGETS)
     peak = rng_mix.uniform(0.4, 0.95)
-    loudest = max(np.abs(mixture).max(), *(np.abs(stems[s]).max() for s in SOURCES))
-    stems = {name: (stems[name] * (peak / loudest)).astype(np.float32) for name in SOURCES}
+    loudest = max(np.abs(mixture).max(), *(np.abs(stems[s]).max() for s in TARGETS))
+    stems = {name: (stems[name] * (peak / loudest)).astype(np.float32) for name in TARGETS}
 
     info = {
         "seed": int(seed), "seconds": float(seconds), "sample_rate": sample_rate,
@@ -860,15 +860,17 @@ def generate_song(seed: int, seconds: float = 20.0,
     Returns:
         ``{"vocals", "drums", "bass", "other"}`` -> float32 ``(2, samples)`` arrays with
         ``samples = round(seconds * sample_rate)``, all within [-1, 1]. The mixture is
-        :func:`mix` of them (float32 sum in :data:`SOURCES` order), also within [-1, 1].
+        :func:`mix` of them (float32 sum in :data:`~d3net.configs.TARGETS` order), also
+        within [-1, 1].
     """
     return _render_song(seed, seconds, sample_rate)[0]
 
 
 def mix(stems: dict[str, np.ndarray]) -> np.ndarray:
-    """The mixture of a song: the float32 sum of the stems in :data:`SOURCES` order."""
-    total = np.zeros_like(stems[SOURCES[0]], dtype=np.float32)
-    for name in SOURCES:
+    """The mixture of a song: the float32 sum of the stems in
+    :data:`~d3net.configs.TARGETS` order."""
+    total = np.zeros_like(stems[TARGETS[0]], dtype=np.float32)
+    for name in TARGETS:
         total = total + stems[name].astype(np.float32)
     return total
 
@@ -898,7 +900,7 @@ def _to_file_samples(stems: dict[str, np.ndarray], subtype: str) -> dict[str, np
     if subtype == "PCM_16":
         ints = {k: np.clip(np.round(v.astype(np.float64) * 32768), -32768, 32767).astype(np.int32)
                 for k, v in stems.items()}
-        total = sum(ints[s] for s in SOURCES)
+        total = sum(ints[s] for s in TARGETS)
         if np.abs(total).max() > 32767:
             raise AssertionError("mixture would clip")  # impossible: peaks are <= 0.95
         out = {k: v.astype(np.int16) for k, v in ints.items()}

@@ -21,10 +21,9 @@ Cityscapes.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -33,7 +32,7 @@ from tqdm import tqdm
 from ..errors import D3NetError
 from ..image import train_ids_to_label_ids
 from ..palette import IGNORE_INDEX
-from ..utils import atomic_path, check_writable
+from ..utils import PathLike, atomic_path, check_writable
 
 # Train ids, named for readability.
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY = range(11)
@@ -694,7 +693,7 @@ def _save_png(array: np.ndarray, path: Path) -> None:
         Image.fromarray(array).save(tmp, format="PNG", compress_level=1)
 
 
-def generate_dataset(out: Union[str, os.PathLike], images: int = 20,
+def generate_dataset(out: PathLike, images: int = 20,
                      size: Sequence[int] = (256, 512), seed: int = 0,
                      splits: Sequence[str] = ("train", "val"),
                      progress: bool = True) -> dict[str, int]:

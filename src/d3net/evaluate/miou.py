@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+import torch.distributed as dist
 
 from ..errors import D3NetError
 from ..palette import CITYSCAPES_CLASSES, IGNORE_INDEX
@@ -94,8 +95,6 @@ class ConfusionMatrix:
 
         With the NCCL backend the matrix travels through the current GPU and comes back.
         """
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()):
             return self
         matrix = self.matrix

@@ -21,10 +21,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from .. import __version__
 from ..data import musdb
 from ..errors import D3NetError
-from ..models import resolve
+from ..models import fingerprint, resolve
+from ..separate import Separator
 from ..utils import PathLike, check_unique_outputs, check_writable, resolve_device
 from . import sdr
 
@@ -80,9 +83,6 @@ def provenance(separator, scorer: str) -> dict:
     ``fingerprint`` is :func:`d3net.models.fingerprint` (config and weights, wherever the
     file came from); ``separation`` holds the :data:`SEPARATION_OPTIONS` the separator has.
     """
-    from .. import __version__
-    from ..models import fingerprint
-
     options = {}
     for name in SEPARATION_OPTIONS:
         value = getattr(separator, name, None)
@@ -151,10 +151,6 @@ def evaluate_mss(root: PathLike, model: PathLike, subset: str = "test",
             file in ``out_dir`` for one of the tracks was produced by other models or
             options (and ``overwrite`` is false): nothing is separated then.
     """
-    from tqdm.auto import tqdm
-
-    from ..separate import Separator
-
     say = log or (lambda message: None)
     resolve(model, task="mss")  # a wrong model fails now, before the dataset is read
     tracks = musdb.list_tracks(root, subset)

@@ -52,17 +52,19 @@ import json
 import math
 import warnings
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 
+from d3net import __version__
+from d3net.configs import ACCOMPANIMENT, TARGETS
 from d3net.errors import D3NetError
 from d3net.utils import PathLike, atomic_path
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")
-SOURCES = ("vocals", "drums", "bass", "other")
-COLUMNS = SOURCES + ("accompaniment", "average")
+COLUMNS = TARGETS + ("accompaniment", "average")
 """Summary columns; ``average`` is the mean of the four sources' medians (paper Table 4)."""
 _HEADERS = {"vocals": "Vocals", "drums": "Drums", "bass": "Bass", "other": "Other",
             "accompaniment": "Acco.", "average": "Avg."}
@@ -95,7 +97,6 @@ def museval_available() -> bool:
 
 def _museval_version() -> str:
     try:
-        from importlib.metadata import version
         return version("museval")
     except Exception:  # not installed: the JSON still says which scorer was used
         return "n/a"
@@ -106,7 +107,6 @@ def scorer_version(scorer: str) -> str:
     ``"own"`` (recorded with per-track results so that they are reused only alike)."""
     if scorer == "museval":
         return f"museval {_museval_version()}"
-    from d3net import __version__
     return f"d3net {__version__}"
 
 
@@ -180,15 +180,14 @@ def _prepare(references: Mapping[str, np.ndarray], estimates: Mapping[str, np.nd
         estimate = _audio(value, f"{name} estimate")
         ests[name] = _fit(estimate, refs[name], f"the {name} estimate") if name in refs \
             else estimate
-    parts = ("drums", "bass", "other")
     if accompaniment:
         for what, store in (("references", refs), ("estimates", ests)):
-            if "accompaniment" not in store and all(p in store for p in parts):
-                shapes = {store[p].shape for p in parts}
+            if "accompaniment" not in store and all(p in store for p in ACCOMPANIMENT):
+                shapes = {store[p].shape for p in ACCOMPANIMENT}
                 if len(shapes) > 1:
                     raise D3NetError(f"cannot sum drums, bass and other {what} of shapes "
                                      f"{sorted(shapes)} into the accompaniment")
-                store["accompaniment"] = sum(store[p] for p in parts)
+                store["accompaniment"] = sum(store[p] for p in ACCOMPANIMENT)
     targets = [t for t in ests if t in refs]
     if not targets:
         raise D3NetError(f"no target to score: estimates {sorted(ests)} and references "
@@ -218,7 +217,7 @@ def _own_group(refs: dict[str, np.ndarray], ests: dict[str, np.ndarray], names: 
 def _museval_group(refs: dict[str, np.ndarray], ests: dict[str, np.ndarray], names: list[str],
                    win: int, hop: int) -> dict[str, dict[str, np.ndarray]]:
     """BSSEval v4 of sources scored together (none silent everywhere)."""
-    import museval
+    import museval  # optional dependency (extra "eval"; needs ffmpeg at import time)
 
     reference = np.stack([refs[n].T for n in names])   # (sources, samples, channels)
     estimate = np.stack([ests[n].T for n in names])
@@ -272,8 +271,8 @@ def score_track(references: Mapping[str, np.ndarray], estimates: Mapping[str, np
     # the sources are scored together; accompaniment together with vocals (museval's
     # vocals/accompaniment scenario). Vocals keep the sources' scores, unless they are
     # the only source: alone they have no interferer, so they take the pair's scores.
-    group = [n for n in SOURCES if n in refs] + [
-        n for n in refs if n not in SOURCES and n != "accompaniment"]
+    group = [n for n in TARGETS if n in refs] + [
+        n for n in refs if n not in TARGETS and n != "accompaniment"]
     pair = ((["vocals"] if "vocals" in refs else []) + ["accompaniment"]
             if "accompaniment" in refs else [])
     if group == ["vocals"] and pair:
@@ -386,14 +385,6 @@ def load_results(out_dir: PathLike) -> dict[str, dict]:
     return results
 
 
-def load_scored(out_dir: PathLike) -> set[str]:
-    """Names of the tracks already scored under ``out_dir`` (readable JSON files), so an
-    interrupted evaluation can skip them."""
-    if not Path(out_dir).is_dir():
-        return set()
-    return set(load_results(out_dir))
-
-
 # ----------------------------------------------------------------------------------------
 # summaries
 # ----------------------------------------------------------------------------------------
@@ -434,7 +425,7 @@ def summarize(per_track_scores: Mapping[str, dict] | Iterable[dict]) -> ScoreTab
         for column in COLUMNS[:-1]:
             medians = [s["median"][column][metric] for s in scores if column in s["median"]]
             row[column] = _nanmedian(medians)
-        present = [row[c] for c in SOURCES if not math.isnan(row[c])]
+        present = [row[c] for c in TARGETS if not math.isnan(row[c])]
         row["average"] = float(np.mean(present)) if present else math.nan
         values[metric] = row
     scenarios = {column: sorted({s["scenarios"][column] for s in scores
@@ -478,15 +469,6 @@ def scenario_note(table: ScoreTable) -> str:
     return note
 
 
-def format_comparison(tables: Mapping[str, ScoreTable], metric: str = "SDR") -> str:
-    """One row per method, e.g. ``{"D3Net (demo)": t1, "mixture (baseline)": t2}``."""
-    header = ["Method", *[_HEADERS[c] for c in COLUMNS]]
-    rows = [[name] + [_cell(t.values[metric][c]) for c in COLUMNS] for name, t in tables.items()]
-    scorers = sorted({s for t in tables.values() for s in t.scorers})
-    return (_markdown(header, rows) + f"\n{metric} in dB, median over 1 s frames then over "
-            f"tracks; scorer: {', '.join(scorers) or '-'}")
-
-
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     def line(cells):
@@ -498,7 +480,7 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 
 __all__ = [
     "METRICS", "COLUMNS", "museval_available", "museval_problem", "own_sdr", "score_track",
-    "track_json_path", "save_track_json", "load_track_json", "load_results", "load_scored",
-    "ScoreTable", "summarize", "format_table", "format_comparison", "scenario_note",
+    "track_json_path", "save_track_json", "load_track_json", "load_results",
+    "ScoreTable", "summarize", "format_table", "scenario_note",
     "scorer_version",
 ]

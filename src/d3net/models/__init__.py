@@ -12,6 +12,7 @@ memory-efficient training on, a runtime setting that is not saved.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -121,7 +122,6 @@ def _recomputing(model: nn.Module, recompute: Union[bool, str, None]) -> nn.Modu
 
 
 def _init_fields(config) -> Dict[str, Any]:
-    import dataclasses
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
 
 

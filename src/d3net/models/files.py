@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Dict, Optional, Union
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file as read_tensors, save_file
 from torch import nn
 
 from ..configs import MSSConfig, describe, from_dict, to_dict
 from ..errors import D3NetError
-from ..utils import atomic_path
+from ..utils import PathLike, atomic_path
 from .segmentation import D3NetSegmentation
 from .separation import D3NetMSS
 
@@ -34,9 +36,8 @@ def build(config) -> nn.Module:
     return D3NetSegmentation(config)
 
 
-def save(model: nn.Module, path: Union[str, Path], extra: Optional[Dict[str, str]] = None) -> Path:
+def save(model: nn.Module, path: PathLike, extra: Optional[Dict[str, str]] = None) -> Path:
     """Write ``model`` (weights + config) to one ``.safetensors`` file, atomically."""
-    from safetensors.torch import save_file
 
     config = getattr(model, "config", None)
     if config is None:
@@ -51,9 +52,8 @@ def save(model: nn.Module, path: Union[str, Path], extra: Optional[Dict[str, str
     return path
 
 
-def read_metadata(path: Union[str, Path]) -> Dict[str, str]:
+def read_metadata(path: PathLike) -> Dict[str, str]:
     """The metadata of a d3net model file, with a clear error for anything else."""
-    from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
@@ -77,14 +77,13 @@ def file_task(metadata: Dict[str, str]) -> Optional[str]:
         return None
 
 
-def load_file(path: Union[str, Path], device: Union[str, torch.device, None] = None) -> nn.Module:
+def load_file(path: PathLike, device: Union[str, torch.device, None] = None) -> nn.Module:
     """Rebuild a model from one d3net ``.safetensors`` file, in eval mode.
 
     Raises:
         D3NetError: missing file, not a d3net model file, or weights that do not fit the
             config stored with them.
     """
-    from safetensors.torch import load_file as read_tensors
 
     metadata = read_metadata(path)
     config = from_dict(json.loads(metadata["config"]))

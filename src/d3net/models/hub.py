@@ -92,15 +92,6 @@ def is_cached(weights: WeightsLike) -> bool:
     return complete and (weights.bundled is not None or (where / RECORD).is_file())
 
 
-def read_record(weights: WeightsLike) -> Optional[dict]:
-    """The ``source.json`` of a fetched weight set (``None`` if not fetched or bundled)."""
-    path = folder(weights) / RECORD
-    if not path.is_file():
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def fetch(weights: WeightsLike, progress: bool = True) -> Path:
     """Make ``weights`` available locally and return :func:`model_path`.
 

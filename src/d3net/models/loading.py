@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+from safetensors.torch import load_file as read_tensors
 from torch import nn
 
 from ..configs import TARGETS, SegConfig, describe
@@ -302,7 +303,6 @@ def load_backbone_weights(model: nn.Module, weights: Spec, progress: bool = True
         D3NetError: not a segmentation model; weights of another task; a backbone of
             another size (names the mismatch).
     """
-    from safetensors.torch import load_file as read_tensors
 
     config = getattr(model, "config", None)
     if not isinstance(config, SegConfig):

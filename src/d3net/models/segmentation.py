@@ -1,8 +1,9 @@
 """D3Net semantic segmentation: backbone (D3Net-S / D3Net-L), FCN head and OCR head.
 
-Follows the official NNabla model (NOTES.md): a stride-4 stem, four DenseNet-BC style D3
-blocks with transitions between them, a 1x1 feature layer per scale, and an FCN head that
-resizes every scale to the first one, concatenates and classifies.
+Follows Sony's official NNabla model (sony/ai-research-code,
+``d3net/semantic-segmentation``): a stride-4 stem, four DenseNet-BC style D3 blocks with
+transitions between them, a 1x1 feature layer per scale, and an FCN head that resizes
+every scale to the first one, concatenates and classifies.
 """
 from __future__ import annotations
 

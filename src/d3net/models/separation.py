@@ -1,11 +1,12 @@
 """Multi-band multi-scale D3Net for music source separation (one network per target).
 
-Structure of the official ``D3NetMSS`` (NOTES.md, official configs): the normalised
-magnitude is cut into frequency bands, each band and the full band (bins below
-``valid_bins``) go through their own encoder-decoder of nested D3 blocks, band outputs are
-concatenated along frequency and with the full-band output along channels, then a final
-D2 block, a gated 1x1 output layer, per-bin output scale/bias and a ReLU. Bins from
-``valid_bins`` up are copied from the input.
+Structure of the official ``D3NetMSS`` (Sony's NNabla code and configs,
+sony/ai-research-code, ``d3net/music-source-separation``): the normalised magnitude is
+cut into frequency bands, each band and the full band (bins below ``valid_bins``) go
+through their own encoder-decoder of nested D3 blocks, band outputs are concatenated
+along frequency and with the full-band output along channels, then a final D2 block, a
+gated 1x1 output layer, per-bin output scale/bias and a ReLU. Bins from ``valid_bins`` up
+are copied from the input.
 
 Where the paper's Table 5 and the official configs differ (depth of the bands, 1x1 output
 gate instead of 3x3), we follow the official configs so that the released weights load.

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..audio import spectral
-from ..configs import MSSConfig, describe, load_config
+from ..configs import TARGETS, MSSConfig, describe, load_config
 from ..data import musdb
 from ..errors import D3NetError
 from ..utils import PathLike
@@ -264,19 +264,6 @@ def _input_stats(path: Path, tracks: Sequence[musdb.MUSDBTrack], hp: MSSHyperPar
     return mean, scale
 
 
-def _check_tracks(tracks: Sequence[musdb.MUSDBTrack], config: MSSConfig,
-                  hp: MSSHyperParams) -> None:
-    rate = tracks[0].sample_rate
-    if rate != config.sample_rate:
-        raise D3NetError(f"the tracks are at {rate} Hz, the model {describe(config)} at "
-                         f"{config.sample_rate} Hz (resample the dataset)")
-    samples = int(round(hp.excerpt_seconds * rate))
-    frames = spectral.num_frames(samples, config.hop_size)
-    if frames < hp.patch_frames:
-        raise D3NetError(f"{hp.excerpt_seconds} s excerpts give {frames} STFT frames, fewer "
-                         f"than patch_frames={hp.patch_frames}")
-
-
 # ----------------------------------------------------------------------------------------
 # the recipe
 # ----------------------------------------------------------------------------------------
@@ -302,9 +289,9 @@ class MSSTrainer(Trainer):
 
     def __init__(self, root: PathLike, target: str, out: PathLike, config: Any = None,
                  **kwargs: Any):
-        if target not in musdb.SOURCES:
+        if target not in TARGETS:
             raise D3NetError(f"unknown target {target!r}; train one of "
-                             f"{', '.join(musdb.SOURCES)}")
+                             f"{', '.join(TARGETS)}")
         super().__init__(run_paths(out, target), config, **kwargs)
         self.root, self.target = root, target
 
