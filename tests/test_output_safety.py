@@ -181,12 +181,14 @@ def _commands(tmp, out):
                             ("d3net.cli.receptive_field", "analyze_d2_block")),
         "evaluate mss": (["evaluate", "mss", "--root", str(tmp), "--model", "demo", "--out",
                           str(out)], ("d3net.models", "load")),
+        "export": (["export", "onnx", "demo", "-o", str(out)],
+                   ("d3net.export", "export_onnx")),
     }
 
 
 @pytest.mark.parametrize("command", ["train mss", "train seg", "convert", "convert folder",
                                      "synth-musdb", "synth-cityscapes", "demo",
-                                     "receptive-field", "evaluate mss"])
+                                     "receptive-field", "evaluate mss", "export"])
 def test_every_command_refuses_an_unwritable_output_before_working(tmp_path, capsys,
                                                                    monkeypatch, command):
     import importlib

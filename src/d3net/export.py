@@ -30,7 +30,7 @@ from d3net.backends import PatchNetwork, example_magnitude, float32_cpu_copy, co
 from d3net.configs import to_dict
 from d3net.errors import D3NetError
 from d3net.models import D3NetMSS
-from d3net.utils import PathLike, atomic_path
+from d3net.utils import PathLike, atomic_path, check_writable
 
 FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
 ONNX_OPSET = 17
@@ -166,5 +166,6 @@ def export_models(model: PathLike, format: str, out: PathLike,
             raise D3NetError(f"{model} holds {len(networks)} networks: -o must be a folder, "
                              f"not {out}")
         destinations = {target: out / f"{target}{suffix}" for target in networks}
+    check_writable(*{path.parent for path in destinations.values()})  # before any tracing
     writer = export_onnx if format == "onnx" else export_openvino
     return [writer(networks[target], path, frames) for target, path in destinations.items()]
