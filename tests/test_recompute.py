@@ -359,6 +359,8 @@ with open(os.path.join(report, f"rank{rank}.json"), "w") as f:
     json.dump({"same_on_ranks": same_on_ranks, "grad_diff": grad_diff,
                "tracked": [b.item() for n, b in ddp.module.named_buffers()
                            if n.endswith("num_batches_tracked")]}, f)
+del ddp, optimizers  # DDP's reducer must not outlive the process group it uses
+dist.barrier()
 dist.destroy_process_group()
 '''
 
