@@ -355,6 +355,41 @@ def test_separator_openvino_paths(song, reference_stems):
     assert separator.precision == backends.resolve_precision("auto", "cpu")
 
 
+@needs_openvino
+def test_openvino_networks_hand_over_their_activation_memory(song, reference_stems,
+                                                             monkeypatch):
+    """Each network frees its OpenVINO buffers before the next target's runs (so that four
+    full-size networks hold one network's activations, not four), and a network runs the
+    same after releasing them."""
+    network = tiny()
+    x = magnitudes(1, 24)
+    runner = OpenVINORunner(network, "float32")
+    first = runner(x)
+    runner.release_memory()
+    assert torch.equal(runner(x), first)
+
+    order = []
+    real_call, real_release = OpenVINORunner.__call__, OpenVINORunner.release_memory
+
+    def call(self, batch):
+        order.append(("run", id(self)))
+        return real_call(self, batch)
+
+    def release(self):
+        order.append(("release", id(self)))
+        real_release(self)
+
+    monkeypatch.setattr(OpenVINORunner, "__call__", call)
+    monkeypatch.setattr(OpenVINORunner, "release_memory", release)
+    _, stems = separate(song, backend="openvino", precision="float32")
+    assert stems_relative(stems, reference_stems) < FLOAT32_TOLERANCE
+    switches = [i for i in range(1, len(order)) if order[i][0] == "run"
+                and order[i - 1][0] == "run" and order[i][1] != order[i - 1][1]]
+    assert not switches, "a network ran while another still held its buffers"
+    assert {runner for kind, runner in order if kind == "release"} == \
+        {runner for kind, runner in order if kind == "run"}
+
+
 def test_fast_mode_is_no_flip_and_no_overlap(song):
     fast = Separator(two_tiny(), mode="fast", backend="torch", precision="float32")
     assert not fast.channel_flip and fast.overlap == 0.0

@@ -64,6 +64,9 @@ class Runner(Protocol):
 
     def __call__(self, batch: Tensor) -> Tensor: ...
 
+    def release_memory(self) -> None:
+        """Free what the runner holds between calls (activations), if anything."""
+
 
 def openvino_available() -> bool:
     """Whether the ``openvino`` package is installed."""
@@ -178,6 +181,9 @@ class TorchRunner:
             context = contextlib.nullcontext()
         with context:
             return self.model(batch).float()
+
+    def release_memory(self) -> None:
+        """Nothing to do: PyTorch frees a call's activations when it returns."""
 
 
 class PatchNetwork(nn.Module):
@@ -341,6 +347,16 @@ class OpenVINORunner:
         result = self.request.infer([inputs.contiguous().numpy()], share_inputs=True)
         out = torch.from_numpy(result[0])  # infer() returns copies of the outputs
         return out[..., :frames].to(batch.device)
+
+    def release_memory(self) -> None:
+        """Free the compiled network's intermediate buffers (reallocated by the next call).
+
+        OpenVINO keeps each compiled network's activation memory between calls: ~0.4 GB per
+        full-size network at one 256-frame patch, so four networks would hold ~1.6 GB.
+        Releasing it when switching networks bounds that to one network's buffers, for a
+        few milliseconds per call (``benchmarks/RESULTS.md``).
+        """
+        self.compiled.release_memory()
 
 
 def create_runner(model: nn.Module, backend: str = "torch", precision: str = "float32",

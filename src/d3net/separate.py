@@ -21,7 +21,9 @@ magnitude, as in training, and its estimate filters every channel.
 Streaming: a song passes through every stage in blocks (:meth:`Separator.separate_file`
 reads, separates and writes files that way; :meth:`Separator.separate` feeds a tensor
 through the same path), so memory is bounded by the models, the patches in flight and
-one Wiener window, whatever the song's length. The block size does not change the result
+one Wiener window, whatever the song's length (OpenVINO's activation buffers are released
+each time the song moves on to the next target's network, so only one network's are held
+at a time). The block size does not change the result
 (beyond float rounding): every stage computes exactly what it computes on the whole song,
 except the Wiener filter, whose statistics cover one window of :data:`WIENER_WINDOW`
 frames plus a quarter window of context on each side, so that no window is short and
@@ -69,6 +71,11 @@ FAST_OVERLAP = 0.0
 #: Frames per Wiener window (default mode): about 12 s at 44.1 kHz / hop 1024. Each
 #: window's statistics also cover a quarter window on each side.
 WIENER_WINDOW = 512
+#: Samples per block that a song is read and separated in (about 12 s at 44.1 kHz). Each
+#: network runs every patch a block completes before the next target's network takes
+#: over its activation memory, so the switches stay rare (measured in
+#: benchmarks/RESULTS.md: no measurable cost at this size, ~8% at 2**17).
+BLOCK_SAMPLES = 2 ** 19
 
 
 @dataclass
@@ -296,7 +303,7 @@ class Separator(nn.Module):
         channels, length = waveform.shape
         names = self._output_names(accompaniment)
         parts: Dict[str, List[Tensor]] = {name: [] for name in names}
-        blocks = waveform.detach().float().cpu().split(io.BLOCK_SAMPLES, dim=-1)
+        blocks = waveform.detach().float().cpu().split(BLOCK_SAMPLES, dim=-1)
         for outputs in self._stream(blocks, channels, length, int(sample_rate), accompaniment):
             for name, block in outputs.items():
                 parts[name].append(block)
@@ -306,7 +313,7 @@ class Separator(nn.Module):
     def separate_file(self, path: PathLike, folder: PathLike,
                       accompaniment: bool = False, format: str = "wav", bits: int = 16,
                       clip_mode: str = "rescale",
-                      block_samples: int = io.BLOCK_SAMPLES) -> SeparatedFile:
+                      block_samples: int = BLOCK_SAMPLES) -> SeparatedFile:
         """Separate an audio file into ``folder/<stem>.<format>``, in blocks.
 
         Reads, separates and writes ``block_samples`` samples at a time, so memory does not
@@ -674,6 +681,7 @@ class _PatchStream:
         estimate frames ``(channels, bins, m)`` that became final (``None``: none)."""
         self.magnitude.append(magnitude)
         plan = self.plan
+        ran = False
         while self.next_patch < plan.patches:
             last = min(self.next_patch + self.group, plan.patches) - 1
             needed = min(plan.frames, plan.first_frame(last) + plan.patch)
@@ -681,6 +689,10 @@ class _PatchStream:
                 break
             self._run_group(range(self.next_patch, last + 1))
             self.next_patch = last + 1
+            ran = True
+        if ran and len(self.sep.models) > 1:
+            # the next target's network runs next: hand it this one's activation memory
+            self.sep._runners[self.model].release_memory()
         return self._emit()
 
     def _run_group(self, patches: range) -> None:
