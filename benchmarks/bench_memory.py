@@ -7,13 +7,14 @@ blocks beforehand) with ``Separator.separate_file`` into 16-bit WAVs, as
 random weights (peak memory does not depend on the weights); ``--config mss-small`` runs
 the small demo structure instead, to check how memory varies with the length quickly.
 
-    python benchmarks/bench_memory.py [--minutes 1 5 10 30] [--no-flip]
+    python benchmarks/bench_memory.py [--minutes 1 5 10 30] [--no-flip | --fast]
         [--precision bfloat16] [--config mss-small] [--threads 2] [--wiener-window N]
 
 The network dominates the run time (a full-size four-target separation takes several
 times the song's length on two cores); ``--no-flip`` halves it and ``--precision
-bfloat16`` divides it again on CPUs with native bfloat16, without changing what the
-pipeline holds in memory much (the network's activations are per patch either way).
+bfloat16`` divides it again on CPUs with native bfloat16, and ``--fast`` (the fast mode:
+no flip, patches side by side) halves it once more, without changing what the pipeline
+holds in memory much (the networks run one patch at a time on the CPU either way).
 """
 from __future__ import annotations
 
@@ -57,8 +58,11 @@ def child(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     nets = {t: (models.d3net_mss(t, small=args.config == "mss-small")).eval() for t in TARGETS}
     options = {} if args.wiener_window is None else {"wiener_window": args.wiener_window or None}
-    separator = Separator(nets, channel_flip=not args.no_flip, precision=args.precision,
-                          **options)
+    if args.fast:
+        options["mode"] = "fast"
+    else:
+        options["channel_flip"] = not args.no_flip
+    separator = Separator(nets, precision=args.precision, **options)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="d3net-bench-") as out:
         separator.separate_file(args.song, out)
@@ -73,6 +77,8 @@ def measure(args: argparse.Namespace, minutes: float, workdir: Path) -> dict:
                "--config", args.config]
     if args.no_flip:
         command.append("--no-flip")
+    if args.fast:
+        command.append("--fast")
     if args.wiener_window is not None:
         command += ["--wiener-window", str(args.wiener_window)]
     result = subprocess.run(command, capture_output=True, text=True)
@@ -90,6 +96,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 5, 10, 30])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-flip", action="store_true", help="skip the channel flip")
+    parser.add_argument("--fast", action="store_true",
+                        help="the fast mode (no flip, no overlap between patches)")
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--config", choices=["official", "mss-small"], default="official",
                         help="network structure: the four official ones (default) or mss-small")
@@ -101,7 +109,8 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    print(f"config {args.config}, flip {'off' if args.no_flip else 'on'}, {args.precision}, "
+    mode = "fast mode" if args.fast else f"flip {'off' if args.no_flip else 'on'}"
+    print(f"config {args.config}, {mode}, {args.precision}, "
           f"{args.threads} threads, Wiener window "
           f"{'default' if args.wiener_window is None else args.wiener_window or 'whole song'}")
     print("| song (min) | peak RSS (GB) | wall (s) | real-time factor |")

@@ -105,6 +105,27 @@ def test_a_bad_file_does_not_stop_the_others(model_dir, tmp_path, capsys):
         sorted(f"{t}.wav" for t in TARGETS)
 
 
+def test_unreadable_inputs_are_refused_before_the_networks_load(tmp_path, capsys,
+                                                                monkeypatch):
+    from d3net.separate import Separator
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the networks were loaded for unreadable input")
+
+    monkeypatch.setattr(Separator, "from_pretrained", no_loading)
+    bad, other = tmp_path / "bad.wav", tmp_path / "other.mp3"
+    bad.write_text("not audio")
+    other.write_bytes(b"\xff\xfb" + bytes(500))  # an mp3 frame header, then nothing
+    assert separate(bad, "-o", tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{bad}: not a readable audio file" in err, err
+    assert separate(bad, other, "-o", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert f"skipped {bad}" in err and f"skipped {other}" in err
+    assert "none of the 2 inputs is readable audio" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_input_fails_before_any_work(model_dir, tmp_path, capsys):
     good = write(tmp_path / "good.wav", tone(0.3, 44100, 2), 44100)
     assert separate(good, tmp_path / "missing.wav", "-o", tmp_path / "out",

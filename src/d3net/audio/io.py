@@ -73,6 +73,17 @@ def load(path: PathLike) -> tuple[Tensor, int]:
         return torch.cat(blocks, dim=-1), reader.sample_rate
 
 
+def probe(path: PathLike) -> None:
+    """Check that ``path`` opens as audio with samples, cheaply (ffmpeg formats decode
+    their first second only), so that a bad input is refused before any long work.
+
+    Raises:
+        D3NetError: as :func:`load` on opening.
+    """
+    with AudioReader(path, decode_seconds=1.0):
+        pass
+
+
 class AudioReader:
     """An audio file read in blocks: ``with AudioReader(path) as r: for b in r.blocks(): ...``.
 
@@ -86,8 +97,9 @@ class AudioReader:
             a file shorter than its header says.
     """
 
-    def __init__(self, path: PathLike):
+    def __init__(self, path: PathLike, decode_seconds: Optional[float] = None):
         self.path = Path(path)
+        self._decode_seconds = decode_seconds  # ffmpeg formats: only the first seconds
         self._file: Optional[soundfile.SoundFile] = None
         self._tmp: Optional[tempfile.TemporaryDirectory] = None
 
@@ -182,6 +194,8 @@ class AudioReader:
         # rf64 lifts the 4 GB WAV limit (songs over ~3.3 hours in stereo float)
         command = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0",
                    "-vn", "-c:a", "pcm_f32le", "-rf64", "auto", "-f", "wav", str(wav)]
+        if self._decode_seconds is not None:
+            command[-3:-3] = ["-t", f"{self._decode_seconds:g}"]
         try:
             result = subprocess.run(command, capture_output=True, text=True)
         except OSError as error:

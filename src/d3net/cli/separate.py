@@ -95,6 +95,7 @@ def output_folders(inputs: list[Path], out_root: Path, fmt: str) -> dict[Path, P
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ..audio import io as audio_io
     from ..separate import OutputLevelWarning, Separator
     from ..utils import check_writable, resolve_device
 
@@ -107,6 +108,18 @@ def run(args: argparse.Namespace) -> int:
     out_root = Path(args.out)
     folders = output_folders(inputs, out_root, args.format)
     check_writable(out_root, *folders.values())
+    count, failures = len(inputs), []
+    for path in list(inputs):  # unreadable inputs are refused before the networks load
+        try:
+            audio_io.probe(path)
+        except D3NetError as error:
+            if count == 1:
+                raise
+            failures.append(str(error))
+            inputs.remove(path)
+            print(f"d3net separate: skipped {error}", file=sys.stderr)
+    if not inputs:
+        raise D3NetError(f"none of the {count} inputs is readable audio (see above)")
     model = model_spec(args)
     device = resolve_device(args.device)
     targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
@@ -117,7 +130,6 @@ def run(args: argparse.Namespace) -> int:
         mode="fast" if args.fast else "default", overlap=args.overlap,
         download_progress=not args.quiet)
 
-    failures = []
     for path in tqdm(inputs, desc="songs", unit="song", disable=args.quiet or len(inputs) == 1):
         folder = folders[path]
         try:
@@ -128,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
                     bits=args.bits, clip_mode=args.clip_mode)
         except D3NetError as error:
             message = str(error) if str(error).startswith(str(path)) else f"{path}: {error}"
-            if len(inputs) == 1:
+            if count == 1:
                 raise D3NetError(message) from None
             failures.append(message)
             tqdm.write(f"d3net separate: skipped {message}", file=sys.stderr)
@@ -142,5 +154,5 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             tqdm.write(f"{path} -> {folder}/ ({', '.join(result.paths)})")
     if failures:
-        raise D3NetError(f"{len(failures)} of {len(inputs)} inputs failed (see above)")
+        raise D3NetError(f"{len(failures)} of {count} inputs failed (see above)")
     return 0
