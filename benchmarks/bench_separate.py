@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from d3net import backends, models
+from d3net.utils import native_bfloat16
 from d3net.separate import Separator
 
 OFFICIAL_TIMINGS = Path(__file__).resolve().parents[2] / "shared/fixtures/official/timings.json"
@@ -88,7 +89,7 @@ def main() -> None:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     torch.set_num_threads(args.threads)
     print(f"{cpu_name()}; torch {torch.__version__}, {args.threads} threads; native bf16: "
-          f"{backends.native_bfloat16('cpu')}; openvino {openvino_version()}")
+          f"{native_bfloat16('cpu')}; openvino {openvino_version()}")
     official_rtf = None
     if OFFICIAL_TIMINGS.exists():
         official = json.loads(OFFICIAL_TIMINGS.read_text())["e2e_rerun"]["runs"][0]["total"]

@@ -82,13 +82,13 @@ def magnitudes(batch, frames, seed=1, bins=2049):
 
 # -- choosing backend and precision ----------------------------------------------------------
 
-@pytest.mark.parametrize("avx512_bf16,amx,expected", [(True, False, "bfloat16"),
-                                                     (False, True, "bfloat16"),
-                                                     (False, False, "float32")])
-def test_auto_precision_follows_the_cpus_native_bfloat16(monkeypatch, avx512_bf16, amx,
-                                                         expected):
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+@pytest.mark.parametrize("capabilities,expected", [({"avx512_bf16": True}, "bfloat16"),
+                                                   ({"amx_bf16": True}, "bfloat16"),
+                                                   ({"sve_bf16": True}, "bfloat16"),
+                                                   ({"avx512_bf16": False}, "float32"),
+                                                   ({}, "float32")])
+def test_auto_precision_follows_the_cpus_native_bfloat16(monkeypatch, capabilities, expected):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
     assert backends.resolve_precision("auto", "cpu") == expected
     assert backends.resolve_precision("auto", "cpu", compat="official") == "float32"
     assert backends.resolve_precision("float32", "cpu") == "float32"

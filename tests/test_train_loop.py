@@ -87,7 +87,7 @@ def test_checkpoint_resume_is_exact(tmp_path):
     dist = Distributed()
     amp = precision.MixedPrecision(True, torch.device("cpu"))
     # CPU: bfloat16 autocast where the CPU computes it natively, else float32; no scaler
-    assert amp.enabled == precision.has_native_bfloat16("cpu") and amp.state_dict() is None
+    assert amp.enabled == utils.native_bfloat16("cpu") and amp.state_dict() is None
 
     seed_everything(7)
     model, optimizer, scheduler = _setup()

@@ -17,7 +17,7 @@ from d3net.train.checkpoint import load_checkpoint
 from d3net.train.solver import NonFiniteLossError
 from d3net.train import mss as train_mss_module
 from d3net.train.mss import MSSHyperParams, train_mss, xavier_init_
-from d3net.train.precision import has_native_bfloat16
+from d3net.utils import native_bfloat16
 
 from conftest import TINY_MSS as TINY
 # 0.4 s excerpts = 18 STFT frames, 16-frame patches; 2 training tracks x 2 excerpts in
@@ -117,7 +117,7 @@ def test_precision_and_layout_runs_resume_exactly(data, tiny_mss_yaml, tmp_path,
     """--amp (bfloat16 where this CPU has it natively, else float32), the channels-last
     layout and --recompute, alone and together (channels-last with CPU bfloat16 is refused,
     see test_train_seg): a run continued with --resume equals the uninterrupted one."""
-    if options.get("amp") and not has_native_bfloat16("cpu"):
+    if options.get("amp") and not native_bfloat16("cpu"):
         pytest.skip("this CPU has no native bfloat16 (--amp trains in float32 here)")
     fast = dict(FAST, samples_per_track=1, **options)
     straight = train_mss(data, "vocals", tmp_path / "a", tiny_mss_yaml, epochs=2, progress=False,

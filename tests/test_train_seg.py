@@ -17,7 +17,7 @@ from d3net.errors import D3NetError
 from d3net.evaluate.seg import evaluate_seg
 from d3net.segment import Segmenter
 from d3net.train import seg as train_seg_module
-from d3net.train.precision import has_native_bfloat16
+from d3net.utils import native_bfloat16
 from d3net.train.seg import poly_lr, seg_loss, train_seg
 
 # fast settings for a ~20 k parameter model on 64x128 scenes
@@ -187,7 +187,7 @@ def test_mixed_precision_run_resumes_exactly_across_validation(scenes, tiny_seg_
     """--amp (bfloat16 where this CPU has it natively) and --recompute with a validation
     before the checkpoint: an interrupted run resumes on the very same numbers (validation's inference
     must leave the training layout as it was)."""
-    amp = has_native_bfloat16("cpu")
+    amp = native_bfloat16("cpu")
     options = dict(FAST, amp=amp, val_interval=2, recompute="unit")
     straight = train_seg(scenes, tmp_path / "a", tiny_seg_yaml, iters=4, progress=False,
                          **options)
@@ -212,7 +212,7 @@ def test_mixed_precision_run_resumes_exactly_across_validation(scenes, tiny_seg_
 
 
 def test_channels_last_with_cpu_bfloat16_is_refused(scenes, tiny_seg_yaml, tmp_path):
-    if not has_native_bfloat16("cpu"):
+    if not native_bfloat16("cpu"):
         pytest.skip("this CPU has no native bfloat16 (--amp trains in float32 here)")
     with pytest.raises(D3NetError, match="channels-last with bfloat16"):
         train_seg(scenes, tmp_path / "r", tiny_seg_yaml, iters=1, amp=True, channels_last=True,

@@ -20,9 +20,10 @@ backends:
 
 ``"auto"`` picks OpenVINO for d3net music networks on CPU when it is installed (and not
 for ``compat="official"``), PyTorch otherwise and on GPUs. ``precision="auto"`` picks
-bfloat16 where the hardware computes it natively (a CPU with AVX-512 BF16 or AMX, as
-PyTorch's own CPU capability query reports; a CUDA GPU with native bfloat16) and float32
-elsewhere: on CPUs without it bfloat16 is emulated and no faster.
+bfloat16 where the hardware computes it natively (:func:`d3net.utils.native_bfloat16`: a
+CPU with AVX-512 BF16 or AMX, as PyTorch's own CPU capability query reports; a CUDA GPU
+with native bfloat16) and float32 elsewhere: on CPUs without it bfloat16 is emulated and
+no faster.
 
 OpenVINO runs with as many threads as ``torch.get_num_threads()``, so one setting
 (``torch.set_num_threads`` or ``OMP_NUM_THREADS``) governs both backends.
@@ -45,14 +46,14 @@ from torch import Tensor, nn
 
 from d3net.errors import D3NetError
 from d3net.models import D3NetMSS, fingerprint
-from d3net.utils import PathLike, cache_home, exact_float32
+from d3net.utils import PathLike, cache_home, exact_float32, native_bfloat16
 
 BACKENDS = ("auto", "torch", "openvino")
 PRECISIONS = ("auto", "float32", "bfloat16")
 INSTALL_OPENVINO = "pip install 'd3net[openvino]'"
 
 __all__ = ["BACKENDS", "PRECISIONS", "Runner", "TorchRunner", "OpenVINORunner",
-           "create_runner", "resolve_backend", "resolve_precision", "native_bfloat16",
+           "create_runner", "resolve_backend", "resolve_precision",
            "openvino_available", "PatchNetwork", "convert_openvino", "openvino_cache_dir"]
 
 
@@ -71,22 +72,6 @@ class Runner(Protocol):
 def openvino_available() -> bool:
     """Whether the ``openvino`` package is installed."""
     return importlib.util.find_spec("openvino") is not None
-
-
-def native_bfloat16(device: Union[str, torch.device]) -> bool:
-    """Whether ``device`` computes bfloat16 natively (not emulated).
-
-    CPU: AVX-512 BF16 or AMX tiles, as reported by PyTorch's CPU capability query
-    (``torch.cpu``). CUDA: ``torch.cuda.is_bf16_supported(including_emulation=False)``
-    (Ampere and newer). Other devices: False.
-    """
-    device = torch.device(device)
-    if device.type == "cpu":
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    if device.type == "cuda":
-        return bool(torch.cuda.is_available()
-                    and torch.cuda.is_bf16_supported(including_emulation=False))
-    return False
 
 
 def resolve_precision(precision: str, device: Union[str, torch.device],

@@ -68,6 +68,27 @@ def resolve_device(device: Union[str, torch.device, None] = None) -> torch.devic
     return device
 
 
+#: ``torch.cpu.get_capabilities()`` flags of CPUs that compute bfloat16 natively (x86, ARM).
+NATIVE_BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+
+
+def native_bfloat16(device: Union[str, torch.device]) -> bool:
+    """Whether ``device`` computes bfloat16 natively rather than emulating it (where
+    bfloat16 is no faster than float32), from PyTorch's own capability queries.
+
+    CPU: AVX-512 BF16 or AMX (x86), BF16 or SVE BF16 (ARM). CUDA: a GPU with native
+    bfloat16 (Ampere and newer). Other devices: False.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available()
+                    and torch.cuda.is_bf16_supported(including_emulation=False))
+    if device.type == "cpu":
+        capabilities = torch.cpu.get_capabilities()
+        return any(capabilities.get(flag, False) for flag in NATIVE_BF16_CPU_FEATURES)
+    return False
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
     inner = getattr(model, "module", None)

@@ -71,14 +71,6 @@ class Distributed:
         """Mean of a scalar over the ranks (same float on every rank)."""
         return float(self.sum(value)) / self.world_size
 
-    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
-        """``obj`` of rank ``src`` on every rank."""
-        if not self.enabled:
-            return obj
-        box = [obj]
-        torch_dist.broadcast_object_list(box, src=src)
-        return box[0]
-
     def gather_object(self, obj: Any) -> List[Any]:
         """Every rank's ``obj``, indexed by rank, on every rank."""
         if not self.enabled:

@@ -15,32 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Dict, Iterable, Iterator, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-NATIVE_BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
-"""``torch.cpu.get_capabilities()`` flags of CPUs that compute bfloat16 natively (x86, ARM)."""
-
-
-def has_native_bfloat16(device: Union[str, torch.device]) -> bool:
-    """Whether ``device`` computes bfloat16 natively (torch's own capability queries)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(
-            including_emulation=False)
-    if device.type == "cpu":
-        capabilities = torch.cpu.get_capabilities()
-        return any(capabilities.get(flag, False) for flag in NATIVE_BF16_CPU_FEATURES)
-    return False
-
+from ..utils import native_bfloat16
 
 def autocast_dtype(device: Union[str, torch.device]) -> Optional[torch.dtype]:
     """The mixed-precision dtype for ``device``: bfloat16 where native, float16 on a GPU
     without bfloat16, ``None`` (stay in float32) on any other device."""
     device = torch.device(device)
-    if has_native_bfloat16(device):
+    if native_bfloat16(device):
         return torch.bfloat16
     return torch.float16 if device.type == "cuda" else None
 
@@ -89,24 +75,15 @@ class MixedPrecision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
-    def backward_and_step(self, loss: Tensor, optimizer: torch.optim.Optimizer,
-                          max_grad_norm: Optional[float] = None,
-                          parameters: Optional[Iterable[Tensor]] = None) -> None:
-        """``loss.backward()``, optional gradient clipping, ``optimizer.step()``.
-
-        With gradient scaling, a step whose gradients overflowed is skipped and the scale
-        lowered (GradScaler's usual behaviour). Call ``optimizer.zero_grad()`` yourself.
-        """
+    def backward_and_step(self, loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """``loss.backward()`` and ``optimizer.step()`` (call ``optimizer.zero_grad()``
+        yourself). With gradient scaling, a step whose gradients overflowed is skipped and
+        the scale lowered (GradScaler's usual behaviour)."""
         if self.scaler is None:
             loss.backward()
-            if max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(list(parameters or _params(optimizer)), max_grad_norm)
             optimizer.step()
             return
         self.scaler.scale(loss).backward()
-        if max_grad_norm is not None:
-            self.scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(list(parameters or _params(optimizer)), max_grad_norm)
         self.scaler.step(optimizer)
         self.scaler.update()
 
@@ -118,9 +95,4 @@ class MixedPrecision:
             self.scaler.load_state_dict(state)
 
 
-def _params(optimizer: torch.optim.Optimizer) -> Iterator[Tensor]:
-    for group in optimizer.param_groups:
-        yield from group["params"]
-
-
-__all__ = ["MixedPrecision", "autocast_dtype", "has_native_bfloat16"]
+__all__ = ["MixedPrecision", "autocast_dtype"]
