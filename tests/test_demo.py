@@ -32,6 +32,21 @@ def test_run_demo_writes_everything(tmp_path):
     assert np.abs(total - mixture).max() < 2e-3
 
 
+def test_a_failing_demo_leaves_no_partial_folder(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from d3net import demo
+    from d3net.cli import main
+
+    def disk_full(path, *args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(demo, "plot_spectrograms", disk_full)  # the last file written
+    assert main(["demo", "-o", str(tmp_path / "demo"), "--seconds", "1", "-q"]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_demo_cli_bad_seed(tmp_path):
     result = subprocess.run([sys.executable, "-m", "d3net.cli", "demo", "-o", str(tmp_path),
                              "--seed", "-1"], capture_output=True, text=True)

@@ -222,10 +222,58 @@ def test_a_write_failing_mid_run_is_one_line(tmp_path, capsys, monkeypatch):
     soundfile.write(str(song), np.zeros((2000, 2)), 44100)
     monkeypatch.setattr(io.StemWriter, "write", full)
     assert main(["separate", str(song), "-o", str(tmp_path / "out"), "--model", "demo",
-                 "-q"]) == 1
+                 "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"d3net separate: error: [Errno 28] No space left on device: " \
                   f"'{tmp_path / 'out'}'"
+
+
+@pytest.mark.parametrize("bits", [16, 32])
+def test_a_disk_filling_up_in_a_writer_is_one_line_naming_the_file(tmp_path, capsys,
+                                                                  monkeypatch, bits):
+    """libsndfile reports a full disk as "System error." from deep inside soundfile: the
+    user gets one line naming the file and the cause, and no partial output."""
+    import shutil
+    from collections import namedtuple
+
+    import numpy as np
+    import soundfile
+
+    from d3net.cli import main
+
+    song = tmp_path / "song.wav"
+    soundfile.write(str(song), np.zeros((2000, 2)), 44100)
+
+    def system_error(self, data):
+        raise soundfile.LibsndfileError(2, "")  # what libsndfile says on ENOSPC
+
+    monkeypatch.setattr(soundfile.SoundFile, "write", system_error)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 ** 9, 10 ** 9, 0))
+    assert main(["separate", str(song), "-o", str(tmp_path / "out"), "--model", "demo",
+                 "--bits", str(bits), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"cannot write {tmp_path / 'out' / 'song'}" in err, err
+    assert "no space left on the device" in err, err
+    assert not (tmp_path / "out" / "song").exists() or \
+        not any((tmp_path / "out" / "song").iterdir())
+
+
+def test_atomic_path_names_the_file_when_a_write_fails(tmp_path):
+    import errno
+
+    from d3net.errors import D3NetError
+    from d3net.utils import atomic_path
+
+    target = tmp_path / "model.safetensors"
+    with pytest.raises(D3NetError, match=f"cannot write {target}: No space left on device"):
+        with atomic_path(target):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(ValueError):  # not a write failure: a bug stays a bug
+        with atomic_path(target):
+            raise ValueError("unrelated")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(not POSIX, reason="POSIX permission bits")

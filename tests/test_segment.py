@@ -262,6 +262,23 @@ def test_cli_segments_files_and_folders(model, tmp_path, capsys):
     assert capsys.readouterr().out == ""
 
 
+def test_cli_skips_a_bad_image_and_segments_the_others(model, tmp_path, capsys):
+    save(model, tmp_path / "m.safetensors")
+    (tmp_path / "in").mkdir()
+    Image.fromarray(rgb_array(16, 24, 1)).save(tmp_path / "in" / "a.png")
+    (tmp_path / "in" / "b.png").write_text("not an image")
+    Image.fromarray(rgb_array(16, 24, 2)).save(tmp_path / "in" / "c.png")
+    code = cli.main(["segment", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                     "--model", str(tmp_path / "m.safetensors"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"skipped cannot read image {tmp_path / 'in' / 'b.png'}" in err
+    assert "1 of 3 images failed" in err
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == sorted(f"{stem}_{kind}.png" for stem in "ac"
+                             for kind in ("labelIds", "trainIds", "overlay"))
+
+
 def test_cli_without_model_fetches_official_weights(tmp_path, capsys):
     # the test mirror refuses connections: one line naming the URL and the manual route
     Image.fromarray(rgb_array(8, 8)).save(tmp_path / "a.png")

@@ -264,6 +264,7 @@ def test_silent_input_gives_silent_stems():
     (torch.tensor([[0.0, float("inf")], [0.0, 0.0]]), "NaN or infinite"),
     (torch.zeros(2, 0), "zero length"),
     (torch.zeros(1, 2, 100), "shape"),
+    (torch.zeros(1000, 2), r"\(1000, 2\): transpose it"),  # (samples, channels), as files
 ])
 def test_bad_waveforms(bad, match):
     with pytest.raises(D3NetError, match=match):

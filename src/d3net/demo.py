@@ -6,6 +6,9 @@ synthetic songs by ``scripts/train_demo.py``; the demo draws songs from small se
 """
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -62,11 +65,22 @@ def run_demo(out: PathLike, seed: int = FIRST_DEMO_SEED,
     estimates = separator.separate(torch.from_numpy(mixture), sample_rate)
     estimates = {t: estimates[t].cpu().numpy() for t in TARGETS}
 
-    io.save(out / "mixture.wav", torch.from_numpy(mixture), sample_rate)
-    for t in TARGETS:
-        io.save(out / "true" / f"{t}.wav", torch.from_numpy(truth[t]), sample_rate)
-        io.save(out / "estimates" / f"{t}.wav", torch.from_numpy(estimates[t]), sample_rate)
-    plot_spectrograms(out / "spectrograms.png", mixture, truth, estimates, sample_rate)
+    # written into a staging folder beside ``out`` and moved in at the end: every file, or
+    # (on a full disk, say) none
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        io.save(staging / "mixture.wav", torch.from_numpy(mixture), sample_rate)
+        for t in TARGETS:
+            io.save(staging / "true" / f"{t}.wav", torch.from_numpy(truth[t]), sample_rate)
+            io.save(staging / "estimates" / f"{t}.wav", torch.from_numpy(estimates[t]),
+                    sample_rate)
+        plot_spectrograms(staging / "spectrograms.png", mixture, truth, estimates, sample_rate)
+        for file in sorted(p for p in staging.rglob("*") if p.is_file()):
+            (out / file.relative_to(staging)).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(file, out / file.relative_to(staging))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
     scores = score_track(truth, estimates, sample_rate=sample_rate, scorer=scorer)
     baseline = score_track(truth, {t: mixture for t in TARGETS}, sample_rate=sample_rate,

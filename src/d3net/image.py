@@ -8,6 +8,7 @@ Cityscapes label ids (0..33) exist only on disk.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -276,11 +277,12 @@ def write_outputs(image: ImageLike, labels: np.ndarray, out_dir: PathLike, stem:
         label_ids=out_dir / f"{stem}{LABEL_IDS_SUFFIX}" if label_ids else None,
         overlay=out_dir / f"{stem}{OVERLAY_SUFFIX}")
     blended = overlay(image_rgb_uint8(image), labels, alpha=alpha)
-    with atomic_path(files.train_ids) as tmp:
-        Image.fromarray(labels, mode="L").save(tmp, format="PNG")
-    if files.label_ids is not None:
-        with atomic_path(files.label_ids) as tmp:
-            Image.fromarray(train_ids_to_label_ids(labels), mode="L").save(tmp, format="PNG")
-    with atomic_path(files.overlay) as tmp:
-        Image.fromarray(blended, mode="RGB").save(tmp, format="PNG")
+    with contextlib.ExitStack() as renames:  # the image's files appear together, or none
+        Image.fromarray(labels, mode="L").save(
+            renames.enter_context(atomic_path(files.train_ids)), format="PNG")
+        if files.label_ids is not None:
+            Image.fromarray(train_ids_to_label_ids(labels), mode="L").save(
+                renames.enter_context(atomic_path(files.label_ids)), format="PNG")
+        Image.fromarray(blended, mode="RGB").save(
+            renames.enter_context(atomic_path(files.overlay)), format="PNG")
     return files

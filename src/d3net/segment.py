@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -228,19 +228,33 @@ class Segmenter(nn.Module):
                              label_ids=self.num_classes == NUM_CLASSES)
 
     def segment_files(self, inputs: Sequence[PathLike], out_dir: PathLike,
-                      alpha: float = 0.5, progress: bool = True
+                      alpha: float = 0.5, progress: bool = True,
+                      on_error: Optional[Callable[[Path, D3NetError], None]] = None
                       ) -> Iterator[Tuple[Path, SegmentationFiles]]:
         """Segment image files and folders into ``out_dir`` (folders keep their layout, see
         :func:`d3net.image.find_images`); yields ``(input, files written)`` as each image is
         done.
 
+        Args:
+            on_error: called with ``(image, error)`` for an image that cannot be read or
+                written, which is then skipped (the CLI reports it and goes on, as
+                ``d3net separate`` does with songs); ``None``: the error is raised.
+
         Raises:
             D3NetError: before any image is segmented, for a missing input, two inputs with
-                one output name, or an output folder that cannot be written.
+                one output name, or an output folder that cannot be written; for a bad
+                image without ``on_error``.
         """
         pairs = find_images(inputs, out_dir)
         for path, stem in tqdm(pairs, desc="segment", unit="image", disable=not progress):
-            yield path, self.segment_file(path, out_dir, stem=stem, alpha=alpha)
+            try:
+                files = self.segment_file(path, out_dir, stem=stem, alpha=alpha)
+            except D3NetError as error:
+                if on_error is None:
+                    raise
+                on_error(path, error)
+                continue
+            yield path, files
 
     # ------------------------------------------------------------------ internals
 

@@ -759,6 +759,9 @@ def _check_waveform(waveform: Tensor, sample_rate: int) -> Tensor:
         raise D3NetError(f"expected a waveform (channels, samples), got shape "
                          f"{tuple(waveform.shape)}")
     channels, samples = waveform.shape
+    if channels not in (1, 2) and samples in (1, 2):
+        raise D3NetError(f"expected a waveform (channels, samples), got shape "
+                         f"{tuple(waveform.shape)}: transpose it (waveform.T)")
     if channels not in (1, 2):
         raise D3NetError(f"expected mono or stereo audio, got {channels} channels "
                          "(downmix it to stereo first)")

@@ -6,13 +6,16 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import stat
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence, Tuple, Union
 
+import soundfile
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from .errors import D3NetError
@@ -122,10 +125,37 @@ def atomic_path(path: PathLike, suffix: str | None = None) -> Iterator[Path]:
         # with their own private (0o600) one.
         os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(error, WRITE_ERRORS) or (isinstance(error, RuntimeError)
+                                               and _disk_full(path)):
+            raise write_error(path, error) from None
         raise
+
+
+#: What writers raise when the disk fills up or goes away: OSError, soundfile's errors
+#: (libsndfile says "System error."), safetensors' own error type. (torch.save raises a
+#: plain RuntimeError: translated only when the disk is full, so that bugs stay visible.)
+WRITE_ERRORS = (OSError, soundfile.SoundFileError, SafetensorError)
+
+
+def _disk_full(path: PathLike) -> bool:
+    with contextlib.suppress(OSError):
+        return shutil.disk_usage(_nearest_existing(Path(path))).free < 2 ** 20
+    return False
+
+
+def write_error(path: PathLike, error: BaseException) -> D3NetError:
+    """One line for a write to ``path`` that failed part-way (a full disk, a device gone),
+    instead of the writing library's traceback."""
+    if _disk_full(path):
+        reason = "no space left on the device"
+    elif isinstance(error, OSError) and error.strerror:
+        reason = error.strerror
+    else:
+        reason = " ".join(str(error).split()) or type(error).__name__
+    return D3NetError(f"cannot write {path}: {reason}")
 
 
 def check_writable(*folders: PathLike) -> None:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from d3net.errors import D3NetError
-from d3net.utils import PathLike, atomic_path
+from d3net.utils import WRITE_ERRORS, PathLike, atomic_path, write_error
 
 #: Suffixes decoded by ffmpeg first (soundfile is only a fallback for these).
 FFMPEG_SUFFIXES = {".mp3", ".m4a", ".mp4", ".aac", ".opus", ".wma", ".webm", ".mkv", ".mov"}
@@ -387,7 +387,10 @@ class StemWriter:
             data = np.ascontiguousarray(block.detach().to("cpu", torch.float32).numpy().T)
             if data.size:
                 self.levels.peaks[name] = max(self.levels.peaks[name], float(np.abs(data).max()))
-            self._files[name].write(data)
+            try:
+                self._files[name].write(data)
+            except WRITE_ERRORS as error:
+                raise write_error(self.path(name), error) from None
         if blocks:
             self.levels.samples += next(iter(blocks.values())).numel()
 
@@ -395,8 +398,11 @@ class StemWriter:
         """Finish every file (PCM: convert with the gain or clipping) and rename it."""
         stack, self._stack = self._stack, None
         with stack:
-            for file in self._files.values():
-                file.close()
+            for name, file in self._files.items():
+                try:
+                    file.close()
+                except WRITE_ERRORS as error:
+                    raise write_error(self.path(name), error) from None
             if self.bits != 32:
                 self._convert()
         return self.levels

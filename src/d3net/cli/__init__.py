@@ -105,7 +105,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except OSError as exc:  # a disk that fills up or goes away mid-run: one line, no traceback
         print(f"d3net {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print(f"d3net {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -17,8 +17,10 @@ def register(subparsers) -> None:
                     "and DIR/spectrograms.png; print the SDR per target.")
     p.add_argument("-o", "--out", default="d3net-demo", help="output folder (default d3net-demo)")
     p.add_argument("--seed", type=int, default=FIRST_DEMO_SEED,
-                   help=f"song seed, >= {FIRST_DEMO_SEED} (default {FIRST_DEMO_SEED})")
-    p.add_argument("--seconds", type=float, default=DEMO_SECONDS)
+                   help=f"song seed in [0, 2**32) (default {FIRST_DEMO_SEED}; every such "
+                        "seed is a song the demo model was not trained on)")
+    p.add_argument("--seconds", type=float, default=DEMO_SECONDS,
+                   help=f"song length in seconds (default {DEMO_SECONDS:g})")
     add_device_option(p)
     add_quiet(p)
     p.set_defaults(func=run)

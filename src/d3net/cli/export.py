@@ -14,7 +14,8 @@ def register(subparsers) -> None:
         description="Export each target's network to run outside PyTorch (onnxruntime, "
                     "OpenVINO, other languages). Input 'magnitude' (batch, channels, bins, "
                     "frames), output 'estimate' of the same shape; batch and frames are "
-                    "dynamic, frames a multiple of 16 (the file's frame_multiple metadata).")
+                    "dynamic, frames a multiple of the file's frame_multiple metadata (16 for "
+                    "the official networks).")
     p.add_argument("format", choices=["onnx", "openvino"],
                    help="onnx (needs pip install 'd3net[onnx]') or openvino (OpenVINO IR "
                         ".xml + .bin, needs pip install 'd3net[openvino]')")

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+from tqdm import tqdm
 
 from ..errors import D3NetError
 from ..image import find_images
@@ -68,11 +71,21 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise D3NetError(f"--alpha must be in [0, 1], got {args.alpha}")
     options = segmenter_options(args)
-    find_images(args.inputs, args.output)  # bad inputs or -o fail before the model loads
+    images = find_images(args.inputs, args.output)  # bad inputs or -o fail before loading
     segmenter = Segmenter.from_pretrained(model_spec(args), device=resolve_device(args.device),
                                           download_progress=not args.quiet, **options)
+    failures = []
+
+    def skip(path, error):
+        failures.append(path)
+        message = str(error) if str(path) in str(error) else f"{path}: {error}"
+        tqdm.write(f"d3net segment: skipped {message}", file=sys.stderr)
+
     count = sum(1 for _ in segmenter.segment_files(args.inputs, args.output, alpha=args.alpha,
-                                                   progress=not args.quiet))
+                                                   progress=not args.quiet,
+                                                   on_error=skip if len(images) > 1 else None))
     if not args.quiet:
         print(f"segmented {count} image(s) into {args.output}")
+    if failures:
+        raise D3NetError(f"{len(failures)} of {count + len(failures)} images failed (see above)")
     return 0

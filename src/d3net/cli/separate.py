@@ -52,7 +52,7 @@ def register(subparsers) -> None:
     p.add_argument("--format", choices=["wav", "flac"], default="wav")
     p.add_argument("--bits", type=int, choices=[16, 24, 32], default=16,
                    help="16/24-bit PCM, or 32 = 32-bit float WAV, which keeps any level "
-                   "(FLAC: 16 or 24)")
+                   "(FLAC: 16 or 24; default 16)")
     p.add_argument("--clip-mode", choices=["rescale", "clamp"], default="rescale",
                    help="stems above full scale in 16/24-bit output: rescale = one gain for "
                    "all stems of the song so the loudest fits (default; the stems still add "

@@ -119,7 +119,8 @@ class Weights:
             return "reinstall d3net"
         option = "--pretrained-backbone" if self.backbone_only else "--model"
         return (f"to do it by hand: download that file, run 'd3net convert nnabla "
-                f"{self.filename} -o DIR' and pass {option} DIR")
+                f"{self.filename} -o DIR' and give DIR in place of {self.name} "
+                f"({option} DIR)")
 
 
 def _mss_members(source_in_zip: bool) -> Tuple[Member, ...]:
