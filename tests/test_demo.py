@@ -7,6 +7,7 @@ import soundfile
 import torch
 
 from d3net.configs import TARGETS
+from d3net.errors import D3NetError
 from d3net.demo import FIRST_DEMO_SEED, bundled_model_dir, run_demo
 
 
@@ -44,6 +45,16 @@ def test_a_failing_demo_leaves_no_partial_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "plot_spectrograms", disk_full)  # the last file written
     assert main(["demo", "-o", str(tmp_path / "demo"), "--seconds", "1", "-q"]) == 2
     assert "No space left on device" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+    def disk_full_in_a_writer(path, *args, **kwargs):  # as atomic_path reports it
+        raise D3NetError(f"cannot write {path}: no space left on the device")
+
+    monkeypatch.setattr(demo.io, "save", disk_full_in_a_writer)
+    assert main(["demo", "-o", str(tmp_path / "demo"), "--seconds", "1", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"cannot write {tmp_path / 'demo' / 'mixture.wav'}: no space left on "
+                        "the device"), err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 

@@ -79,6 +79,8 @@ def run_demo(out: PathLike, seed: int = FIRST_DEMO_SEED,
         for file in sorted(p for p in staging.rglob("*") if p.is_file()):
             (out / file.relative_to(staging)).parent.mkdir(parents=True, exist_ok=True)
             os.replace(file, out / file.relative_to(staging))
+    except D3NetError as error:  # name the file the user asked for, not its staging copy
+        raise D3NetError(str(error).replace(str(staging), str(out))) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
