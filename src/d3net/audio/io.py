@@ -357,9 +357,11 @@ class StemWriter:
     def __enter__(self) -> "StemWriter":
         self._stack = contextlib.ExitStack()
         try:
-            if not self.folder.is_dir():  # leave no empty folder behind on failure
-                self.folder.mkdir(parents=True)
-                self._stack.callback(_remove_if_empty, self.folder)
+            created = [self.folder, *self.folder.parents]
+            created = created[:next(i for i, f in enumerate(created) if f.is_dir())]
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for folder in reversed(created):  # leave no empty folder behind on failure
+                self._stack.callback(_remove_if_empty, folder)
             for name in self.names:
                 if self.bits == 32:
                     tmp = self._stack.enter_context(atomic_path(self.path(name)))
