@@ -338,8 +338,9 @@ class OpenVINORunner:
 
         OpenVINO keeps each compiled network's activation memory between calls: ~0.4 GB per
         full-size network at one 256-frame patch, so four networks would hold ~1.6 GB.
-        Releasing it when switching networks bounds that to one network's buffers, for a
-        few milliseconds per call (``benchmarks/RESULTS.md``).
+        Releasing it when switching networks bounds that to one network's buffers; a
+        release and the reallocation that follows cost little next to a network's run of
+        a block of patches (``benchmarks/RESULTS.md``).
         """
         self.compiled.release_memory()
 
