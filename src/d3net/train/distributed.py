@@ -114,11 +114,8 @@ def shutdown_distributed(dist: Distributed) -> None:
 
 
 def maybe_sync_batchnorm(model: nn.Module, mode: str, dist: Distributed) -> nn.Module:
-    """Convert BatchNorm layers to SyncBatchNorm as ``mode`` says.
-
-    ``"auto"``: only when training on CUDA with several processes (the paper's setting).
-    ``"on"``: always under DDP; refused on CPU, where PyTorch's SyncBatchNorm does not run.
-    ``"off"``: plain per-process BatchNorm.
+    """Convert BatchNorm layers to SyncBatchNorm under DDP on CUDA when ``mode`` is ``"auto"``
+    (the paper's setting) or ``"on"`` (refused on CPU, where SyncBatchNorm does not run).
 
     Raises:
         D3NetError: an unknown mode, or ``"on"`` without CUDA.
@@ -180,11 +177,9 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = state["cuda"]
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all([torch.as_tensor(s, dtype=torch.uint8).cpu()
-                                          for s in cuda])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([torch.as_tensor(s, dtype=torch.uint8).cpu() for s in cuda])
 
 
 __all__ = ["Distributed", "init_distributed", "shutdown_distributed", "maybe_sync_batchnorm",
