@@ -95,8 +95,7 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
 def _fields(hparams: Type[HyperParams]):
     """The fields in command-line order: the recipe's own, then the shared ones."""
     shared = {f.name for f in dataclasses.fields(HyperParams)}
-    fields = dataclasses.fields(hparams)
-    return [f for f in fields if f.name not in shared] + [f for f in fields if f.name in shared]
+    return sorted(dataclasses.fields(hparams), key=lambda f: f.name in shared)
 
 
 def _flag(field: dataclasses.Field) -> str:

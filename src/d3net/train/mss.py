@@ -6,11 +6,9 @@ through :class:`MSSHyperParams`:
 * data: the official sampler (:class:`d3net.data.musdb.ExcerptDataset`): random 6 s
   excerpts, 64 per training track per epoch, random gain 0.75-1.25 and random channel
   swap per source, every source from a random track;
-* input: the magnitude STFT (4096-point Hann window, hop 1024) of the excerpt, of which
-  the first ``patch_frames`` (256) of its 259 frames are used; target: the same for the
-  target source;
-* loss: mean squared error between the network's output and the target magnitude over
-  the whole patch (all bins, as the official loss);
+* input and target: the magnitude STFT (4096-point Hann window, hop 1024) of the mixture
+  and of the target source, the first ``patch_frames`` (256) of the excerpt's 259 frames;
+* loss: mean squared error over the whole patch (all bins, as the official loss);
 * optimiser: Adam, lr 1e-3 times 0.1 after epoch 40 (MultiStepLR stepped per epoch),
   50 epochs, batch 6, L2 weight decay 1e-4 (Adam's ``weight_decay``, which adds
   ``1e-4 * w`` to the gradient as NNabla's ``solver.weight_decay`` does);
@@ -55,8 +53,6 @@ from ..utils import PathLike
 from .hparams import AMP_HELP, HyperParams, option, parse_int_list, parse_range
 from .init import glorot_init_
 from .solver import Metric, RunFiles, Trainer, log, progress_bar
-
-STATS_FILE = "input_stats.npz"
 
 
 def parse_validation(text: str, flag: str) -> Union[str, Tuple[str, ...]]:
@@ -134,10 +130,8 @@ class TrainResult(RunFiles):
 def run_paths(out: PathLike, target: str) -> Dict[str, Path]:
     """The files a run writes for ``target`` in ``out``."""
     out = Path(out)
-    return {"weights": out / f"{target}.safetensors",
-            "last": out / f"{target}.last.safetensors",
-            "checkpoint": out / f"{target}.ckpt",
-            "stats": out / STATS_FILE,
+    return {"weights": out / f"{target}.safetensors", "last": out / f"{target}.last.safetensors",
+            "checkpoint": out / f"{target}.ckpt", "stats": out / "input_stats.npz",
             "logs": out / "logs" / target}
 
 
@@ -180,11 +174,6 @@ def magnitude_patch(audio: Tensor, config: MSSConfig, frames: Optional[int] = No
             raise D3NetError(f"the model takes {config.audio_channels} audio channels, the data "
                              f"has {channels}")
     return magnitude
-
-
-def magnitude_loss(estimate: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error over every element (the official loss)."""
-    return F.mse_loss(estimate.float(), target.float())
 
 
 def split_tracks(root: PathLike, validation: Union[str, Sequence[str]]
@@ -301,7 +290,8 @@ class MSSTrainer(Trainer):
                 magnitude_patch(target, self.config, self.hp.patch_frames))
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        return magnitude_loss(outputs, targets)
+        """Mean squared error over every element (the official loss)."""
+        return F.mse_loss(outputs.float(), targets.float())
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> float:
@@ -387,5 +377,5 @@ def train_mss(root: PathLike, target: str, out: PathLike,
 
 
 __all__ = ["MSSHyperParams", "MSSTrainer", "TrainResult", "train_mss", "run_paths",
-           "xavier_init_", "magnitude_patch", "magnitude_loss", "split_tracks",
-           "parse_validation", "STATS_FILE"]
+           "xavier_init_", "magnitude_patch", "split_tracks",
+           "parse_validation"]

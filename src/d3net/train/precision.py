@@ -47,10 +47,6 @@ class MixedPrecision:
         self.scaler = (torch.amp.GradScaler(device.type) if self.dtype == torch.float16
                        else None)
 
-    @property
-    def enabled(self) -> bool:
-        return self.dtype is not None
-
     def describe(self) -> str:
         if self.dtype is None:
             return "float32"

@@ -83,13 +83,9 @@ class Logger:
             return
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
-    def scalar(self, tag: str, value: float, step: int) -> None:
-        if self.writer is not None:
-            self.writer.add_scalar(tag, float(value), int(step))
-
     def scalars(self, values: Dict[str, float], step: int) -> None:
-        for tag, value in values.items():
-            self.scalar(tag, value, step)
+        for tag, value in values.items() if self.writer is not None else ():
+            self.writer.add_scalar(tag, float(value), int(step))
 
     def flush(self) -> None:
         if self.writer is not None:
@@ -453,7 +449,7 @@ class Trainer:
                     run.history[self.metric.name].append((run.iteration, score))
                     improved = self.metric.improves(score, run.best)
                     run.best = score if improved else run.best
-                    logger.scalar(self.metric.tag, score, run.iteration)
+                    logger.scalars({self.metric.tag: score}, run.iteration)
                     line += (f", {self.metric.label} {self.metric.format(score)}"
                              + (" (best)" if improved else ""))
                 self._save(run, optimizer, scheduler, window, improved)
