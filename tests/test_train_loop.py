@@ -87,7 +87,7 @@ def test_checkpoint_resume_is_exact(tmp_path):
     dist = Distributed()
     amp = precision.MixedPrecision(True, torch.device("cpu"))
     # CPU: bfloat16 autocast where the CPU computes it natively, else float32; no scaler
-    assert amp.enabled == utils.native_bfloat16("cpu") and amp.state_dict() is None
+    assert (amp.dtype is not None) == utils.native_bfloat16("cpu") and amp.state_dict() is None
 
     seed_everything(7)
     model, optimizer, scheduler = _setup()
@@ -165,12 +165,12 @@ def test_nan_guard_names_the_step_and_the_checkpoint(tmp_path):
 def test_logger_writes_tensorboard_events(tmp_path):
     pytest.importorskip("tensorboard")
     logger = solver.Logger(tmp_path / "logs")
-    logger.scalar("loss/train", 1.0, 1)
+    logger.scalars({"loss/train": 1.0}, 1)
     logger.scalars({"loss/train": 0.5, "lr": 1e-3}, 2)
     logger.close()
     assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
     silent = solver.Logger(tmp_path / "rank1", Distributed(rank=1, world_size=2))
-    silent.scalar("loss", 1.0, 1)
+    silent.scalars({"loss": 1.0}, 1)
     silent.close()
     assert not (tmp_path / "rank1").exists()
 
@@ -182,8 +182,8 @@ def test_logger_without_tensorboard_warns_once(tmp_path, monkeypatch):
         logger = solver.Logger(tmp_path / "logs")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        solver.Logger(tmp_path / "logs2").scalar("loss", 1.0, 1)  # no second warning
-    logger.scalar("loss", 1.0, 1)
+        solver.Logger(tmp_path / "logs2").scalars({"loss": 1.0}, 1)  # no second warning
+    logger.scalars({"loss": 1.0}, 1)
     logger.close()
     assert not (tmp_path / "logs").exists()
 
@@ -225,7 +225,7 @@ def test_mixed_precision_resume_is_exact(tmp_path, dtype):
     """bfloat16 autocast without a scaler, float16 with one (on CPU here, as on old GPUs):
     the scaler state travels in the checkpoint and a resumed run repeats the same steps."""
     amp = precision.MixedPrecision(True, "cpu", dtype=dtype)
-    assert amp.enabled and amp.dtype == dtype
+    assert amp.dtype == dtype
     assert (amp.scaler is not None) == (dtype == torch.float16)
     assert amp.describe().startswith(str(dtype).replace("torch.", ""))
     seed_everything(5)
@@ -247,13 +247,13 @@ def test_mixed_precision_resume_is_exact(tmp_path, dtype):
 
 def test_mixed_precision_policy(monkeypatch):
     assert precision.MixedPrecision(False, "cpu").describe() == "float32"
-    assert not precision.MixedPrecision(None, "cpu").enabled  # auto: GPUs only
+    assert precision.MixedPrecision(None, "cpu").dtype is None  # auto: GPUs only
     # a CPU without native bfloat16 stays in float32 and says so
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False})
     assert precision.autocast_dtype("cpu") is None
     with pytest.warns(UserWarning, match="no native bfloat16"):
         amp = precision.MixedPrecision(True, "cpu")
-    assert not amp.enabled and amp.scaler is None
+    assert amp.dtype is None and amp.scaler is None
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
     assert precision.autocast_dtype("cpu") == torch.bfloat16
     assert precision.MixedPrecision(True, "cpu").scaler is None

@@ -1,14 +1,8 @@
-"""``d3net train mss|seg``: train a network with the paper's recipe (one process or torchrun).
+"""``d3net train mss|seg``: train a network with the paper's recipe (one process or torchrun,
+e.g. ``torchrun --nproc_per_node 4 -m d3net.cli train mss ...``).
 
-The recipe options are generated from the hyper-parameter dataclasses
-(:class:`d3net.train.mss.MSSHyperParams`, :class:`d3net.train.seg.SegHyperParams`): one
-option per field, named after it, with its type, help and default; switches get both
-``--x`` and ``--no-x``. An option left out is ``None``: the recipe's default, or on
-``--resume`` the run's own value.
-
-Multi-GPU / multi-node: launch the same command under ``torchrun``, e.g.
-``torchrun --nproc_per_node 4 -m d3net.cli train mss ...``; every process trains on its
-shard of the data and rank 0 writes the run folder.
+The recipe options are generated from the hyper-parameter dataclasses' fields; an option
+left out is ``None``: the recipe's default, or on ``--resume`` the run's own value.
 """
 from __future__ import annotations
 
@@ -16,7 +10,7 @@ import argparse
 import dataclasses
 import os
 import typing
-from typing import Any, Dict, Type
+from typing import Any, Dict, Sequence, Type
 
 from ..configs import TARGETS
 from ..train.distributed import SYNC_BN_MODES
@@ -26,8 +20,7 @@ from ..train.hparams import HyperParams, shown_default
 from ..utils import check_writable
 from . import add_device_option, add_quiet
 
-PLAIN_TYPES = {int: "N", float: "X", str: "TEXT"}
-"""Types an option reads as they are, and their default metavar."""
+PLAIN_TYPES = {int: "N", float: "X", str: "TEXT"}  # types read as they are -> default metavar
 
 
 def register(subparsers) -> None:
@@ -46,14 +39,10 @@ def register(subparsers) -> None:
                     "RUNDIR/<target>.ckpt; train the four targets into one RUNDIR to get a "
                     "folder for 'd3net separate --model RUNDIR'. On --resume, omitted "
                     "options keep the run's values.")
-    mss.add_argument("--root", required=True, metavar="DIR",
-                     help="dataset root with train/ (MUSDB18-HQ layout, or 'd3net data "
-                          "synth-musdb' output)")
-    mss.add_argument("--target", required=True, choices=TARGETS)
-    mss.add_argument("--out", required=True, metavar="RUNDIR", help="run folder")
-    mss.add_argument("--config", metavar="PRESET|YAML",
-                     help="architecture: mss-vocals, mss-drums, mss-bass, mss-other, mss-small "
-                          "or a YAML file (ours or the official format); default mss-<target>")
+    _add_run_options(mss, "dataset root with train/ (MUSDB18-HQ layout, or 'd3net data "
+                          "synth-musdb' output)",
+                     "mss-vocals, mss-drums, mss-bass, mss-other, mss-small or a YAML file (ours "
+                     "or the official format); default mss-<target>", targets=TARGETS)
     add_hparam_options(mss, mss_recipe.MSSHyperParams, "recipe (defaults: the official values)")
     _add_runtime(mss)
     mss.set_defaults(func=run_mss)
@@ -66,12 +55,8 @@ def register(subparsers) -> None:
                     "RUNDIR/last.safetensors, the resumable RUNDIR/train.ckpt and "
                     "RUNDIR/logs/ (TensorBoard). On --resume, omitted options keep the "
                     "run's values; a larger --iters extends the run.")
-    seg.add_argument("--root", required=True, metavar="DIR",
-                     help="Cityscapes folder (train split for training, val for validation)")
-    seg.add_argument("--out", required=True, metavar="RUNDIR", help="run folder")
-    seg.add_argument("--config", metavar="PRESET|YAML",
-                     help="architecture: d3net-s (default), d3net-l or a YAML file (ours or "
-                          "the official format)")
+    _add_run_options(seg, "Cityscapes folder (train split for training, val for validation)",
+                     "d3net-s (default), d3net-l or a YAML file (ours or the official format)")
     seg.add_argument("--head", choices=seg_recipe.HEADS,
                      help="decoder head (default: the config's, fcn); ocr = object-contextual "
                           "representations with an auxiliary loss")
@@ -82,6 +67,15 @@ def register(subparsers) -> None:
     add_hparam_options(seg, seg_recipe.SegHyperParams, "recipe (defaults: the paper's values)")
     _add_runtime(seg)
     seg.set_defaults(func=run_seg)
+
+
+def _add_run_options(p: argparse.ArgumentParser, root_help: str, config_help: str,
+                     targets: Sequence[str] = ()) -> None:
+    p.add_argument("--root", required=True, metavar="DIR", help=root_help)
+    if targets:
+        p.add_argument("--target", required=True, choices=targets)
+    p.add_argument("--out", required=True, metavar="RUNDIR", help="run folder")
+    p.add_argument("--config", metavar="PRESET|YAML", help="architecture: " + config_help)
 
 
 def _add_runtime(p: argparse.ArgumentParser) -> None:
@@ -98,15 +92,10 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     add_quiet(p)
 
 
-# ----------------------------------------------------------------------------------------
-# options generated from the hyper-parameter fields
-# ----------------------------------------------------------------------------------------
-
 def _fields(hparams: Type[HyperParams]):
     """The fields in command-line order: the recipe's own, then the shared ones."""
     shared = {f.name for f in dataclasses.fields(HyperParams)}
-    fields = dataclasses.fields(hparams)
-    return [f for f in fields if f.name not in shared] + [f for f in fields if f.name in shared]
+    return sorted(dataclasses.fields(hparams), key=lambda f: f.name in shared)
 
 
 def _flag(field: dataclasses.Field) -> str:
@@ -153,10 +142,8 @@ def hparams_from_args(args: argparse.Namespace, hparams: Type[HyperParams]) -> D
     """
     values = {}
     for field in dataclasses.fields(hparams):
-        value = getattr(args, field.name)
-        parse = field.metadata.get("parse")
-        values[field.name] = parse(value, _flag(field)) if value is not None and parse \
-            else value
+        value, parse = getattr(args, field.name), field.metadata.get("parse")
+        values[field.name] = parse(value, _flag(field)) if value is not None and parse else value
     return values
 
 

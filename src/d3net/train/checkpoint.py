@@ -16,8 +16,7 @@ from .distributed import Distributed, rng_state, set_rng_state
 from .precision import MixedPrecision
 
 CHECKPOINT_FORMAT = "d3net-checkpoint"
-CHECKPOINT_VERSION = 2
-"""2: one history layout for both recipes (per-step losses, ``(iteration, score)`` pairs)."""
+CHECKPOINT_VERSION = 2  # 2: one history layout for both recipes
 
 
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -27,20 +26,10 @@ def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer,
                      config: Optional[Dict[str, Any]] = None,
                      hparams: Optional[Dict[str, Any]] = None,
                      extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Everything needed to continue a run exactly. A collective call (every rank).
-
-    Args:
-        model: the (possibly DDP-wrapped) model; its plain state dict is stored.
-        optimizer, scheduler, amp: their states (``scheduler``/``amp`` may be ``None``).
-        dist: the run's :class:`Distributed`; every rank's RNG states are gathered so a
-            resumed DDP run continues each rank's random stream.
-        epoch: completed epochs.
-        iteration: completed optimisation steps.
-        best_metric: the best validation metric so far.
-        config: the model config (``d3net.configs.to_dict``).
-        hparams: the run's hyper-parameters (plain types).
-        extra: anything else the trainer wants back (its history).
-    """
+    """Everything needed to continue a run exactly, every rank's RNG states included. A
+    collective call (every rank); ``model`` may be DDP-wrapped, ``epoch`` and ``iteration``
+    count completed ones, ``config`` and ``hparams`` are plain dicts, ``extra`` is anything
+    else the trainer wants back (its history)."""
     return {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
         "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
@@ -93,7 +82,7 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
 def restore_checkpoint(state: Dict[str, Any], model: nn.Module,
                        optimizer: Optional[torch.optim.Optimizer] = None,
                        scheduler: Optional[Any] = None, amp: Optional[MixedPrecision] = None,
-                       dist: Optional[Distributed] = None, restore_rng: bool = True) -> None:
+                       dist: Optional[Distributed] = None) -> None:
     """Load a checkpoint's states into the run's objects (model before DDP wrapping or
     after, either works) and, when the world size matches, this rank's RNG states.
 
@@ -111,17 +100,14 @@ def restore_checkpoint(state: Dict[str, Any], model: nn.Module,
         scheduler.load_state_dict(state["scheduler"])
     if amp is not None:
         amp.load_state_dict(state.get("scaler"))
-    if not restore_rng:
-        return
-    rank = dist.rank if dist is not None else 0
+    dist = dist or Distributed()
     states = state.get("rng") or []
-    world = dist.world_size if dist is not None else 1
-    if len(states) == world:
-        set_rng_state(states[rank])
+    if len(states) == dist.world_size:
+        set_rng_state(states[dist.rank])
     else:
         warnings.warn(f"the checkpoint was written by {len(states)} process(es), this run has "
-                      f"{world}: random streams restart from the seed (the run stays valid "
-                      "but is not bit-identical to an uninterrupted one)")
+                      f"{dist.world_size}: random streams restart from the seed (the run stays "
+                      "valid but is not bit-identical to an uninterrupted one)")
 
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "checkpoint_state", "save_checkpoint",

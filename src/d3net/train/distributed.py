@@ -1,8 +1,6 @@
 """Where a training process sits in a run: torchrun/DDP setup, SyncBatchNorm, seeding and
-random states, and the sharded per-epoch shuffle. Nothing here knows about a task.
-
-Rules: only rank 0 writes files (:attr:`Distributed.is_main`); collective calls
-(:meth:`Distributed.mean`, :meth:`Distributed.broadcast_buffers`, ...) are made on every rank.
+random states, and the sharded per-epoch shuffle. Only rank 0 writes files; collective calls
+are made on every rank.
 """
 from __future__ import annotations
 
@@ -25,24 +23,13 @@ SYNC_BN_MODES = ("auto", "on", "off")
 
 @dataclass
 class Distributed:
-    """Where this process sits in a (possibly single-process) run.
-
-    Attributes:
-        rank: global rank, 0 in a single-process run.
-        world_size: number of processes.
-        local_rank: rank on this machine (selects the GPU).
-        device: the device this process trains on.
-        backend: ``"nccl"``, ``"gloo"`` or ``None`` (single process).
-        owns_group: whether :func:`init_distributed` created the process group (and
-            :func:`shutdown_distributed` should destroy it).
-    """
+    """Where this process sits in a (possibly single-process) run."""
 
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    backend: Optional[str] = None
-    owns_group: bool = False
+    device: torch.device = torch.device("cpu")  # the device this process trains on
+    backend: Optional[str] = None  # "nccl", "gloo" or None (single process)
+    owns_group: bool = False  # init_distributed created the process group
 
     @property
     def is_main(self) -> bool:
@@ -55,7 +42,6 @@ class Distributed:
         return self.world_size > 1
 
     def barrier(self) -> None:
-        """Wait for every rank (no-op in a single process)."""
         if self.enabled:
             torch_dist.barrier()
 
@@ -80,11 +66,8 @@ class Distributed:
         return out
 
     def broadcast_buffers(self, model: nn.Module) -> None:
-        """Copy rank 0's buffers (BatchNorm statistics) to every rank.
-
-        DDP broadcasts them at each training forward, but the last step's update stays
-        per-rank; validation and the returned model should be the same on every rank.
-        """
+        """Copy rank 0's buffers (BatchNorm statistics) to every rank: DDP broadcasts them at
+        each forward, but the last step's update stays per-rank."""
         if not self.enabled:
             return
         for buffer in model.buffers():
@@ -92,11 +75,8 @@ class Distributed:
 
 
 def init_distributed(device: Union[str, torch.device, None] = None) -> Distributed:
-    """Set up this process for training, under ``torchrun`` or alone.
-
-    Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the default process group is
-    initialised from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``:
-    NCCL on GPUs (each process uses ``cuda:LOCAL_RANK``), gloo on CPU. Call
+    """Set up this process for training, under ``torchrun`` (``WORLD_SIZE`` > 1: NCCL on GPUs,
+    each process on ``cuda:LOCAL_RANK``; gloo on CPU) or alone. Call
     :func:`shutdown_distributed` at the end.
 
     Args:
@@ -123,8 +103,8 @@ def init_distributed(device: Union[str, torch.device, None] = None) -> Distribut
     owns_group = not torch_dist.is_initialized()
     if owns_group:
         torch_dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
-    return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=device,
-                       backend=backend, owns_group=owns_group)
+    return Distributed(rank=rank, world_size=world_size, device=device, backend=backend,
+                       owns_group=owns_group)
 
 
 def shutdown_distributed(dist: Distributed) -> None:
@@ -134,11 +114,8 @@ def shutdown_distributed(dist: Distributed) -> None:
 
 
 def maybe_sync_batchnorm(model: nn.Module, mode: str, dist: Distributed) -> nn.Module:
-    """Convert BatchNorm layers to SyncBatchNorm as ``mode`` says.
-
-    ``"auto"``: only when training on CUDA with several processes (the paper's setting).
-    ``"on"``: always under DDP; refused on CPU, where PyTorch's SyncBatchNorm does not run.
-    ``"off"``: plain per-process BatchNorm.
+    """Convert BatchNorm layers to SyncBatchNorm under DDP on CUDA when ``mode`` is ``"auto"``
+    (the paper's setting) or ``"on"`` (refused on CPU, where SyncBatchNorm does not run).
 
     Raises:
         D3NetError: an unknown mode, or ``"on"`` without CUDA.
@@ -152,24 +129,20 @@ def maybe_sync_batchnorm(model: nn.Module, mode: str, dist: Distributed) -> nn.M
     return nn.SyncBatchNorm.convert_sync_batchnorm(model) if use else model
 
 
-def wrap_ddp(model: nn.Module, dist: Distributed, **kwargs: Any) -> nn.Module:
+def wrap_ddp(model: nn.Module, dist: Distributed) -> nn.Module:
     """``DistributedDataParallel(model)`` under DDP, ``model`` itself otherwise."""
     if not dist.enabled:
         return model
     if dist.device.type == "cuda":
-        kwargs.setdefault("device_ids", [dist.device.index])
-        kwargs.setdefault("output_device", dist.device.index)
-    return DistributedDataParallel(model, **kwargs)
+        return DistributedDataParallel(model, device_ids=[dist.device.index],
+                                       output_device=dist.device.index)
+    return DistributedDataParallel(model)
 
 
 def epoch_batches(dataset_size: int, batch_size: int, epoch: int, seed: int,
                   dist: Distributed) -> List[List[int]]:
-    """This rank's batches of one epoch: a ``(seed, epoch)`` shuffle of the dataset's
-    indices, sharded over the ranks (``DistributedSampler``), in full batches only.
-
-    The same on every run, so an interrupted run resumes on the very batches it would have
-    drawn; one process gets the same shuffle as rank 0 of ``DistributedSampler``.
-    """
+    """This rank's full batches of one epoch: a ``(seed, epoch)`` shuffle of the dataset's
+    indices sharded as ``DistributedSampler`` does, so a resumed run draws the same batches."""
     sampler = torch.utils.data.DistributedSampler(
         range(dataset_size), num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
         seed=seed)
@@ -179,16 +152,9 @@ def epoch_batches(dataset_size: int, batch_size: int, epoch: int, seed: int,
     return [indices[i:i + batch_size] for i in range(0, full, batch_size)]
 
 
-# ----------------------------------------------------------------------------------------
-# seeding and RNG state
-# ----------------------------------------------------------------------------------------
-
 def seed_everything(seed: int, rank: int = 0) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) with ``seed + rank``.
-
-    Ranks get different streams, so anything random inside the model or the data
-    pipeline differs between processes while the run stays reproducible.
-    """
+    """Seed Python, NumPy and torch (CPU and CUDA) with ``seed + rank`` (so ranks get
+    different, reproducible streams)."""
     value = int(seed) + int(rank)
     random.seed(value)
     np.random.seed(value % 2 ** 32)
@@ -211,11 +177,9 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = state["cuda"]
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all([torch.as_tensor(s, dtype=torch.uint8).cpu()
-                                          for s in cuda])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([torch.as_tensor(s, dtype=torch.uint8).cpu() for s in cuda])
 
 
 __all__ = ["Distributed", "init_distributed", "shutdown_distributed", "maybe_sync_batchnorm",

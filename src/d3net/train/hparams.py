@@ -1,8 +1,5 @@
-"""Hyper-parameters of a training run: a dataclass whose fields are declared with
-:func:`option`, one line each, carrying their help text (and, where a command line gives
-them as text, how that text is read). ``d3net train`` builds its options from these fields,
-checkpoints store them (:meth:`HyperParams.to_dict`), and a resumed run merges them
-(:meth:`HyperParams.merge_resumed`).
+"""Hyper-parameters of a training run: dataclass fields declared with :func:`option`, from
+which ``d3net train`` builds its options; checkpoints store them and a resumed run merges them.
 """
 from __future__ import annotations
 
@@ -14,15 +11,11 @@ from ..nn import DEFAULT_RECOMPUTE, RECOMPUTE_MODES
 
 AMP_HELP = ("mixed precision: bfloat16 where the device has it natively (recent GPUs, CPUs "
             "with AVX-512 BF16 or AMX), float16 with gradient scaling on older GPUs")
-"""Help of both recipes' ``amp`` (their defaults differ)."""
-
-Parse = Callable[[str, str], Any]
-"""``(text, option name) -> value``; raises :class:`D3NetError` naming the option."""
 
 
 def option(default: Any, help: str, *, resumable: bool = False, flag: Optional[str] = None,
            metavar: Optional[str] = None, choices: Optional[Sequence[str]] = None,
-           parse: Optional[Parse] = None, shown: Optional[str] = None,
+           parse: Optional[Callable[[str, str], Any]] = None, shown: Optional[str] = None,
            const: Any = None) -> Any:
     """A hyper-parameter field.
 
@@ -30,12 +23,11 @@ def option(default: Any, help: str, *, resumable: bool = False, flag: Optional[s
         default: the recipe's value.
         help: what it is, one line (the command line adds the default).
         resumable: may differ when a run is resumed (the length of the run, intervals).
-        flag: the command-line option (default ``--field-name``).
-        metavar, choices: as argparse's.
-        parse: reads the command-line text of a value that is not a plain number, string
-            or switch.
+        flag, metavar, choices, const: of the option (default flag ``--field-name``;
+            ``const``: the value of the option given alone).
+        parse: ``(text, flag) -> value`` for a value that is not a plain number, string or
+            switch; raises :class:`D3NetError` naming the flag.
         shown: the default as help texts print it (default: derived from ``default``).
-        const: the value of the option given without one (``--flag`` alone).
     """
     metadata = {"help": help, "resumable": resumable, "flag": flag, "metavar": metavar,
                 "choices": tuple(choices) if choices else None, "parse": parse,
@@ -54,10 +46,6 @@ def shown_default(field: dataclasses.Field) -> str:
         return ",".join(str(v) for v in value)
     return "none" if value is None else str(value)
 
-
-# ----------------------------------------------------------------------------------------
-# command-line text of structured values
-# ----------------------------------------------------------------------------------------
 
 def _numbers(text: str, flag: str) -> Tuple[float, ...]:
     try:
@@ -82,17 +70,10 @@ def parse_range(text: str, flag: str) -> Tuple[float, float]:
     return values  # type: ignore[return-value]
 
 
-# ----------------------------------------------------------------------------------------
-# the base class
-# ----------------------------------------------------------------------------------------
-
 @dataclasses.dataclass
 class HyperParams:
-    """Base of the recipes' hyper-parameter dataclasses: the fields both recipes share (with
-    the same meaning and default), validation, the dict round trip and the resume merge.
-
-    A recipe's own fields come first on the command line; these follow.
-    """
+    """Base of the recipes' hyper-parameter dataclasses: the fields both share, validation,
+    the dict round trip and the resume merge."""
 
     recompute: str = option(
         "none", f"memory-efficient training, as the official --recompute: the backward pass "

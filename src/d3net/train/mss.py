@@ -6,20 +6,15 @@ through :class:`MSSHyperParams`:
 * data: the official sampler (:class:`d3net.data.musdb.ExcerptDataset`): random 6 s
   excerpts, 64 per training track per epoch, random gain 0.75-1.25 and random channel
   swap per source, every source from a random track;
-* input: the magnitude STFT (4096-point Hann window, hop 1024) of the excerpt, of which
-  the first ``patch_frames`` (256) of its 259 frames are used; target: the same for the
-  target source;
-* loss: mean squared error between the network's output and the target magnitude over
-  the whole patch (all bins, as the official loss);
+* input and target: the magnitude STFT (4096-point Hann window, hop 1024) of the mixture
+  and of the target source, the first ``patch_frames`` (256) of the excerpt's 259 frames;
+* loss: mean squared error over the whole patch (all bins, as the official loss);
 * optimiser: Adam, lr 1e-3 times 0.1 after epoch 40 (MultiStepLR stepped per epoch),
   50 epochs, batch 6, L2 weight decay 1e-4 (Adam's ``weight_decay``, which adds
   ``1e-4 * w`` to the gradient as NNabla's ``solver.weight_decay`` does);
-* initialisation: Glorot-normal convolutions, Glorot-uniform transposed convolutions,
-  zero biases, ``decode_scale = decode_bias = 1`` (the official ``init_method='xavier'``,
-  :func:`xavier_init_`),
+* initialisation: the official ``init_method='xavier'`` (:func:`xavier_init_`), and
   ``in_offset``/``in_scale`` from the training mixtures' per-bin magnitude mean and
-  standard deviation (:func:`d3net.data.musdb.compute_input_stats`), computed once and
-  cached in the run folder.
+  standard deviation (:func:`d3net.data.musdb.compute_input_stats`), cached in the run folder.
 
 Where the official code differs from the paper or needs a choice, the official code wins:
 
@@ -34,18 +29,13 @@ Where the official code differs from the paper or needs a choice, the official c
 * its training STFT pads reflectively, ours with zeros (the inference padding): only
   the first two frames of a patch differ.
 
-The loop, checkpoints, DDP and mixed precision are the shared driver's
-(:class:`d3net.train.solver.Trainer`); this module supplies the music parts.
-
-Run folder: ``<target>.safetensors`` (best by validation
-loss, or the last epoch without validation), ``<target>.last.safetensors``,
-``<target>.ckpt`` (resumable), ``input_stats.npz`` (shared by the targets),
-``logs/<target>/`` (TensorBoard). Training the four targets into one folder makes a
-separation model folder for :class:`d3net.separate.Separator`.
+Run folder: ``<target>.safetensors`` (best by validation loss, or the last epoch without
+validation), ``<target>.last.safetensors``, ``<target>.ckpt`` (resumable), ``input_stats.npz``
+(shared by the targets), ``logs/<target>/`` (TensorBoard). Training the four targets into
+one folder makes a separation model folder for :class:`d3net.separate.Separator`.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,14 +51,8 @@ from ..data import musdb
 from ..errors import D3NetError
 from ..utils import PathLike
 from .hparams import AMP_HELP, HyperParams, option, parse_int_list, parse_range
-from .distributed import Distributed
 from .init import glorot_init_
-from .precision import MixedPrecision
 from .solver import Metric, RunFiles, Trainer, log, progress_bar
-
-REFERENCE_BATCH = 6
-"""The batch size the official learning rate and weight decay are given for."""
-STATS_FILE = "input_stats.npz"
 
 
 def parse_validation(text: str, flag: str) -> Union[str, Tuple[str, ...]]:
@@ -122,27 +106,20 @@ class MSSHyperParams(HyperParams):
             self.gain_range = tuple(float(g) for g in self.gain_range)  # type: ignore
         if not isinstance(self.validation, str):
             self.validation = tuple(str(v) for v in self.validation)
-        checks = [(self.epochs >= 1, "epochs must be >= 1"),
-                  (self.batch_size >= 1, "batch size must be >= 1"),
-                  (self.lr > 0, "learning rate must be > 0"),
-                  (self.weight_decay >= 0, "weight decay must be >= 0"),
-                  (self.patch_frames >= 1, "patch_frames must be >= 1"),
-                  (self.samples_per_track >= 1, "samples_per_track must be >= 1"),
-                  (self.excerpt_seconds > 0, "excerpt_seconds must be > 0")]
-        self._require(checks)
+        self._require([(self.epochs >= 1, "epochs must be >= 1"),
+                       (self.batch_size >= 1, "batch size must be >= 1"),
+                       (self.lr > 0, "learning rate must be > 0"),
+                       (self.weight_decay >= 0, "weight decay must be >= 0"),
+                       (self.patch_frames >= 1, "patch_frames must be >= 1"),
+                       (self.samples_per_track >= 1, "samples_per_track must be >= 1"),
+                       (self.excerpt_seconds > 0, "excerpt_seconds must be > 0")])
 
 
 @dataclass
 class TrainResult(RunFiles):
-    """What :func:`train_mss` returns: the files (``RUNDIR/<target>.safetensors``,
-    ``<target>.last.safetensors``, ``<target>.ckpt``) and
-
-    Attributes:
-        epochs: completed epochs.
-        train_loss: mean training loss of every epoch so far (resumed runs included).
-        valid_loss: validation loss of every epoch (empty without validation).
-        model: the trained network (plain module, on its training device).
-    """
+    """What :func:`train_mss` returns: the run's files and, for every epoch so far (resumed
+    runs included), the mean training loss and the validation loss (none without validation);
+    ``model`` is the trained network (plain module, on its training device)."""
 
     epochs: int
     train_loss: List[float] = field(default_factory=list)
@@ -153,25 +130,16 @@ class TrainResult(RunFiles):
 def run_paths(out: PathLike, target: str) -> Dict[str, Path]:
     """The files a run writes for ``target`` in ``out``."""
     out = Path(out)
-    return {"weights": out / f"{target}.safetensors",
-            "last": out / f"{target}.last.safetensors",
-            "checkpoint": out / f"{target}.ckpt",
-            "stats": out / STATS_FILE,
+    return {"weights": out / f"{target}.safetensors", "last": out / f"{target}.last.safetensors",
+            "checkpoint": out / f"{target}.ckpt", "stats": out / "input_stats.npz",
             "logs": out / "logs" / target}
 
 
-# ----------------------------------------------------------------------------------------
-# model initialisation, spectrograms, loss
-# ----------------------------------------------------------------------------------------
-
 @torch.no_grad()
 def xavier_init_(model: nn.Module) -> nn.Module:
-    """Initialise as the official music training (``init_method='xavier'``), in place.
-
-    Convolutions Glorot normal, transposed convolutions Glorot uniform, biases zero,
-    BatchNorm weight 1 and bias 0 (:func:`d3net.train.init.glorot_init_`), and
-    ``decode_scale = decode_bias = 1``, so the output ReLU starts open.
-    """
+    """Initialise as the official music training (``init_method='xavier'``), in place:
+    :func:`d3net.train.init.glorot_init_` with Glorot-normal convolutions, and
+    ``decode_scale = decode_bias = 1``, so the output ReLU starts open."""
     glorot_init_(model, conv="normal")
     for name in ("decode_scale", "decode_bias"):
         parameter = getattr(model, name, None)
@@ -208,15 +176,6 @@ def magnitude_patch(audio: Tensor, config: MSSConfig, frames: Optional[int] = No
     return magnitude
 
 
-def magnitude_loss(estimate: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error over every element (the official loss)."""
-    return F.mse_loss(estimate.float(), target.float())
-
-
-# ----------------------------------------------------------------------------------------
-# data
-# ----------------------------------------------------------------------------------------
-
 def split_tracks(root: PathLike, validation: Union[str, Sequence[str]]
                  ) -> Tuple[List[musdb.MUSDBTrack], List[musdb.MUSDBTrack]]:
     """Training and validation tracks of ``root``'s train subset."""
@@ -242,47 +201,15 @@ def split_tracks(root: PathLike, validation: Union[str, Sequence[str]]
     return train, valid
 
 
-def _input_stats(path: Path, tracks: Sequence[musdb.MUSDBTrack], hp: MSSHyperParams,
-                 config: MSSConfig, dist: Distributed, progress: bool
-                 ) -> Tuple[Tensor, Tensor]:
-    """Cached per-bin mean/scale of the training mixtures (computed on the first use).
-
-    Every rank computes them when the cache is missing (same numbers; no rank idles at a
-    barrier long enough to hit a collective timeout); rank 0 writes the cache.
-    """
-    if path.is_file():
-        mean, scale = musdb.load_stats(path)
-        if mean.numel() == config.num_bins:
-            return mean, scale
-        log(f"{path} has {mean.numel()} bins, the model {config.num_bins}: recomputing",
-                 dist)
-    mean, scale = musdb.compute_input_stats(
-        tracks, max_seconds_per_track=hp.stats_seconds, progress=progress and dist.is_main,
-        n_fft=config.fft_size, hop=config.hop_size)
-    if dist.is_main:
-        musdb.save_stats(path, mean, scale)
-    return mean, scale
-
-
-# ----------------------------------------------------------------------------------------
-# the recipe
-# ----------------------------------------------------------------------------------------
-
 class MSSTrainer(Trainer):
-    """The music recipe on the shared driver: one target's network on MUSDB18(-HQ) tracks.
-
-    Args:
-        root: dataset root with ``train/``.
-        target: ``vocals``, ``drums``, ``bass`` or ``other``.
-        out: run folder.
-        config, **kwargs: see :class:`d3net.train.solver.Trainer`.
-    """
+    """The music recipe on the shared driver: one target's network on MUSDB18(-HQ) tracks;
+    the arguments are :func:`train_mss`'s."""
 
     hparams_type = MSSHyperParams
     config_type = MSSConfig
     task = "mss"
     kind = "music separation"
-    reference_batch = REFERENCE_BATCH
+    reference_batch = 6  # the batch the official learning rate and weight decay are for
     length = "epochs"
     metric = Metric(name="valid_loss", best_name="best_valid_loss", label="valid loss",
                     tag="loss/valid", higher_is_better=False)
@@ -294,19 +221,13 @@ class MSSTrainer(Trainer):
                              f"{', '.join(TARGETS)}")
         super().__init__(run_paths(out, target), config, **kwargs)
         self.root, self.target = root, target
+        self.run_name, self.default_config = f"{target} {self.kind}", f"mss-{target}"
 
     def load_config(self, source: Any) -> Any:
         return load_config(source, task=self.task, target=self.target)
 
-    def default_config(self) -> str:
-        return f"mss-{self.target}"
-
     def owns(self, config: Any) -> bool:
         return isinstance(config, MSSConfig) and config.target == self.target
-
-    @property
-    def run_name(self) -> str:
-        return f"{self.target} {self.kind}"
 
     def adjust_config(self, config: MSSConfig) -> None:
         config.target = self.target
@@ -314,6 +235,7 @@ class MSSTrainer(Trainer):
     def train_dataset(self) -> musdb.ExcerptDataset:
         hp, config = self.hp, self.config
         self.train_tracks, self.valid_tracks = split_tracks(self.root, hp.validation)
+        self.validates = bool(self.valid_tracks)
         rate = self.train_tracks[0].sample_rate
         if rate != config.sample_rate:
             raise D3NetError(f"the tracks are at {rate} Hz, the model {describe(config)} at "
@@ -327,16 +249,31 @@ class MSSTrainer(Trainer):
             samples_per_track=hp.samples_per_track, gain_range=hp.gain_range,
             channel_swap=hp.channel_swap, random_tracks=hp.random_tracks, seed=hp.seed)
 
-    @property
-    def validates(self) -> bool:
-        return bool(self.valid_tracks)
-
     def initialise(self, model: nn.Module) -> None:
         if self.hp.official_init:
             xavier_init_(model)
-        mean, scale = _input_stats(self.paths["stats"], self.train_tracks, self.hp,
-                                   self.config, self.dist, self.progress)
-        model.set_input_stats(mean, scale)
+        model.set_input_stats(*self._input_stats())
+
+    def _input_stats(self) -> Tuple[Tensor, Tensor]:
+        """Cached per-bin mean/scale of the training mixtures (computed on the first use).
+
+        Every rank computes them when the cache is missing (same numbers; no rank idles at a
+        barrier long enough to hit a collective timeout); rank 0 writes the cache.
+        """
+        path, config, dist = self.paths["stats"], self.config, self.dist
+        if path.is_file():
+            mean, scale = musdb.load_stats(path)
+            if mean.numel() == config.num_bins:
+                return mean, scale
+            log(f"{path} has {mean.numel()} bins, the model {config.num_bins}: recomputing",
+                dist)
+        mean, scale = musdb.compute_input_stats(
+            self.train_tracks, max_seconds_per_track=self.hp.stats_seconds,
+            progress=self.progress and dist.is_main, n_fft=config.fft_size,
+            hop=config.hop_size)
+        if dist.is_main:
+            musdb.save_stats(path, mean, scale)
+        return mean, scale
 
     def optimizer(self, model: nn.Module, lr_scale: float):
         hp = self.hp
@@ -348,16 +285,48 @@ class MSSTrainer(Trainer):
 
     @torch.no_grad()
     def prepare(self, batch: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tensor]:
-        mixture, target = (x.to(self.dist.device, non_blocking=True) for x in batch)
+        mixture, target = super().prepare(batch)
         return (magnitude_patch(mixture, self.config, self.hp.patch_frames),
                 magnitude_patch(target, self.config, self.hp.patch_frames))
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        return magnitude_loss(outputs, targets)
+        """Mean squared error over every element (the official loss)."""
+        return F.mse_loss(outputs.float(), targets.float())
 
+    @torch.no_grad()
     def validate(self, model: nn.Module) -> float:
-        return validation_loss(model, self.valid_tracks, self.target, self.config, self.hp,
-                               self.dist, self.amp, self.progress)
+        """Mean squared magnitude error over whole validation tracks (the training loss, on
+        consecutive ``patch_frames`` patches of every track), tracks sharded over the ranks."""
+        hp, dist, config = self.hp, self.dist, self.config
+        model.eval()
+        dataset = musdb.FullTrackDataset(self.valid_tracks[dist.rank::dist.world_size],
+                                         self.target)
+        squared = torch.zeros((), dtype=torch.float64)
+        elements = 0
+        bar = progress_bar(range(len(dataset)), enabled=self.progress, dist=dist,
+                           desc="validation", unit="track", leave=False)
+        with self.amp.autocast():
+            for index in bar:
+                mixture, wanted = dataset[index]
+                inputs = magnitude_patch(mixture.to(dist.device)[None], config)[0]
+                reference = magnitude_patch(wanted.to(dist.device)[None], config)[0]
+                patches = torch.split(inputs, hp.patch_frames, dim=-1)
+                references = torch.split(reference, hp.patch_frames, dim=-1)
+                # full patches in batches, the shorter last patch on its own
+                full = len(patches) - (patches[-1].shape[-1] != patches[0].shape[-1])
+                bounds = [(i, min(i + hp.batch_size, full))
+                          for i in range(0, full, hp.batch_size)]
+                if full < len(patches):
+                    bounds.append((full, len(patches)))
+                for start, stop in bounds:
+                    estimate = model(torch.stack(patches[start:stop])).float()
+                    truth = torch.stack(references[start:stop]).float()
+                    squared += ((estimate - truth) ** 2).sum().double().cpu()
+                    elements += truth.numel()
+        model.train()
+        total = dist.sum(torch.stack([squared,
+                                      torch.tensor(float(elements), dtype=torch.float64)]))
+        return float(total[0] / total[1]) if total[1] > 0 else math.nan
 
     def describe(self, lr_scale: float) -> str:
         milestones = ",".join(str(m) for m in self.hp.lr_milestones) or "never"
@@ -383,9 +352,8 @@ def train_mss(root: PathLike, target: str, out: PathLike,
         config: preset name, YAML file, dict or :class:`MSSConfig` (default
             ``mss-<target>``, the official network); ignored on resume, where the
             checkpoint's config is used (a different one is refused).
-        resume: continue ``out/<target>.ckpt`` exactly (model, optimiser, scheduler, RNG
-            states, epoch); a larger ``epochs`` extends the run. Without a checkpoint a new
-            run starts. Without ``resume`` an existing checkpoint is an error.
+        resume: continue ``out/<target>.ckpt`` exactly (see
+            :class:`~d3net.train.solver.Trainer`); a larger ``epochs`` extends the run.
         device, sync_bn, workers, progress, quiet: how to run
             (:class:`d3net.train.solver.Trainer`).
         **hparams: fields of :class:`MSSHyperParams`; ``None`` values mean "default, or
@@ -408,43 +376,6 @@ def train_mss(root: PathLike, target: str, out: PathLike,
                        model=run.model)
 
 
-@torch.no_grad()
-def validation_loss(model: nn.Module, tracks: Sequence[musdb.MUSDBTrack], target: str,
-                    config: MSSConfig, hp: MSSHyperParams, dist: Distributed,
-                    amp: Optional[MixedPrecision] = None, progress: bool = False) -> float:
-    """Mean squared magnitude error over whole validation tracks (the training loss, on
-    consecutive ``patch_frames`` patches of every track), tracks sharded over the ranks;
-    ``amp`` (``None``: float32) is the run's mixed precision."""
-    model.eval()
-    dataset = musdb.FullTrackDataset(list(tracks)[dist.rank::dist.world_size], target)
-    squared = torch.zeros((), dtype=torch.float64)
-    elements = 0
-    autocast = amp.autocast() if amp is not None else contextlib.nullcontext()
-    bar = progress_bar(range(len(dataset)), enabled=progress, dist=dist,
-                       desc="validation", unit="track", leave=False)
-    with autocast:
-        for index in bar:
-            mixture, wanted = dataset[index]
-            inputs = magnitude_patch(mixture.to(dist.device)[None], config)[0]
-            reference = magnitude_patch(wanted.to(dist.device)[None], config)[0]
-            patches = list(torch.split(inputs, hp.patch_frames, dim=-1))
-            references = list(torch.split(reference, hp.patch_frames, dim=-1))
-            # full patches in batches, the shorter last patch on its own
-            groups = [list(range(i, min(i + hp.batch_size, len(patches))))
-                      for i in range(0, len(patches), hp.batch_size)]
-            if patches[-1].shape[-1] != patches[0].shape[-1]:
-                groups = [[j for j in g if j != len(patches) - 1] for g in groups]
-                groups = [g for g in groups if g] + [[len(patches) - 1]]
-            for group in groups:
-                estimate = model(torch.stack([patches[j] for j in group])).float()
-                truth = torch.stack([references[j] for j in group]).float()
-                squared += ((estimate - truth) ** 2).sum().double().cpu()
-                elements += truth.numel()
-    model.train()
-    total = dist.sum(torch.stack([squared, torch.tensor(float(elements), dtype=torch.float64)]))
-    return float(total[0] / total[1]) if total[1] > 0 else math.nan
-
-
 __all__ = ["MSSHyperParams", "MSSTrainer", "TrainResult", "train_mss", "run_paths",
-           "xavier_init_", "magnitude_patch", "magnitude_loss", "split_tracks",
-           "validation_loss", "parse_validation", "REFERENCE_BATCH", "STATS_FILE"]
+           "xavier_init_", "magnitude_patch", "split_tracks",
+           "parse_validation"]

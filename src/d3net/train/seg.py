@@ -18,9 +18,8 @@ Recipe (paper Sec. 5.1 and Sony's official ``train.py``), every value overridabl
   PyTorch's SyncBatchNorm does not run); mixed precision on GPUs;
 * initialisation: NNabla's defaults that the official model uses (Glorot-uniform
   convolutions, zero biases: :func:`d3net.train.init.glorot_init_`), then the ImageNet
-  backbone when one is given
-  (``pretrained_backbone``: a weight name such as ``official-d3net-s-backbone``, an official
-  backbone ``.h5`` or one of our model files; :func:`d3net.models.load_backbone_weights`).
+  backbone when one is given (``pretrained_backbone``, see
+  :func:`d3net.models.load_backbone_weights`).
 
 Where the official code differs or needs a choice:
 
@@ -36,13 +35,9 @@ Where the official code differs or needs a choice:
 * it validates nowhere; here the val split is scored (mIoU) every ``val_interval``
   iterations and the best weights are kept.
 
-The loop, checkpoints, DDP and mixed precision are the shared driver's
-(:class:`d3net.train.solver.Trainer`); this module supplies the segmentation parts.
-
-Run folder: ``model.safetensors`` (best validation mIoU; the
-latest weights without validation or before the first one), ``last.safetensors``,
-``train.ckpt`` (resumable, written atomically every ``checkpoint_interval`` iterations),
-``logs/`` (TensorBoard).
+Run folder: ``model.safetensors`` (best validation mIoU; the latest weights without
+validation or before the first one), ``last.safetensors``, ``train.ckpt`` (resumable,
+written atomically every ``checkpoint_interval`` iterations), ``logs/`` (TensorBoard).
 """
 from __future__ import annotations
 
@@ -66,8 +61,6 @@ from .hparams import AMP_HELP, HyperParams, option, parse_range
 from .init import glorot_init_
 from .solver import Metric, RunFiles, Trainer
 
-REFERENCE_BATCH = 8
-"""The batch size the official learning rate is given for."""
 HEADS = ("fcn", "ocr")
 
 
@@ -106,32 +99,25 @@ class SegHyperParams(HyperParams):
         self.crop = tuple(int(c) for c in self.crop)  # type: ignore[assignment]
         if self.scale_range is not None:
             self.scale_range = tuple(float(s) for s in self.scale_range)  # type: ignore
-        checks = [(self.iters >= 1, "iters must be >= 1"),
-                  (self.batch_size >= 1, "batch size must be >= 1"),
-                  (len(self.crop) == 2 and min(self.crop) >= 1,
-                   f"crop must be (height, width) with positive sides, got {self.crop}"),
-                  (self.lr > 0, "learning rate must be > 0"),
-                  (0 <= self.min_lr <= self.lr, "min_lr must be in [0, lr]"),
-                  (self.power > 0, "power must be > 0"),
-                  (self.weight_decay >= 0, "weight decay must be >= 0"),
-                  (self.val_interval >= 0, "val_interval must be >= 0"),
-                  (self.checkpoint_interval >= 1, "checkpoint_interval must be >= 1"),
-                  (self.val_mode in ("whole", "slide"), "val_mode must be whole or slide")]
-        self._require(checks)
+        self._require([(self.iters >= 1, "iters must be >= 1"),
+                       (self.batch_size >= 1, "batch size must be >= 1"),
+                       (len(self.crop) == 2 and min(self.crop) >= 1,
+                        f"crop must be (height, width) with positive sides, got {self.crop}"),
+                       (self.lr > 0, "learning rate must be > 0"),
+                       (0 <= self.min_lr <= self.lr, "min_lr must be in [0, lr]"),
+                       (self.power > 0, "power must be > 0"),
+                       (self.weight_decay >= 0, "weight decay must be >= 0"),
+                       (self.val_interval >= 0, "val_interval must be >= 0"),
+                       (self.checkpoint_interval >= 1, "checkpoint_interval must be >= 1"),
+                       (self.val_mode in ("whole", "slide"),
+                        "val_mode must be whole or slide")])
 
 
 @dataclass
 class SegTrainResult(RunFiles):
-    """What :func:`train_seg` returns: the files (``RUNDIR/model.safetensors``,
-    ``last.safetensors``, ``train.ckpt``) and
-
-    Attributes:
-        iterations: completed iterations.
-        train_loss: training loss of every iteration so far (mean over the ranks).
-        val_miou: ``(iteration, mIoU)`` of every validation so far.
-        best_miou: the best validation mIoU (None without validation).
-        model: the trained network (plain module, on its training device).
-    """
+    """What :func:`train_seg` returns: the run's files, the training loss of every iteration
+    so far (mean over the ranks), ``(iteration, mIoU)`` of every validation, the best mIoU
+    (``None`` without validation) and the trained network (plain module, on its device)."""
 
     iterations: int
     train_loss: List[float] = field(default_factory=list)
@@ -146,10 +132,6 @@ def run_paths(out: PathLike) -> Dict[str, Path]:
     return {"weights": out / "model.safetensors", "last": out / "last.safetensors",
             "checkpoint": out / "train.ckpt", "logs": out / "logs"}
 
-
-# ----------------------------------------------------------------------------------------
-# schedule and loss
-# ----------------------------------------------------------------------------------------
 
 def poly_lr(iteration: int, total: int, base: float = 0.01, power: float = 0.9,
             floor: float = 1e-4) -> float:
@@ -180,10 +162,6 @@ def seg_loss(logits: Tensor, labels: Tensor, aux_logits: Optional[Tensor] = None
     return loss
 
 
-# ----------------------------------------------------------------------------------------
-# the recipe
-# ----------------------------------------------------------------------------------------
-
 class _TrainForward(nn.Module):
     """Routes DDP's ``forward`` to ``forward_train`` (logits and auxiliary logits)."""
 
@@ -196,24 +174,15 @@ class _TrainForward(nn.Module):
 
 
 class SegTrainer(Trainer):
-    """The segmentation recipe on the shared driver.
-
-    Args:
-        root: a Cityscapes folder or a training dataset with ``load(index)``.
-        out: run folder.
-        config: see :class:`d3net.train.solver.Trainer`.
-        head: ``fcn`` or ``ocr`` (overrides the config's head).
-        pretrained_backbone: ImageNet backbone weights for a new run.
-        val_data: a validation dataset or Cityscapes folder (default: ``root``'s val split).
-        **kwargs: see :class:`d3net.train.solver.Trainer`.
-    """
+    """The segmentation recipe on the shared driver; the arguments are :func:`train_seg`'s."""
 
     hparams_type = SegHyperParams
     config_type = SegConfig
     task = "seg"
     kind = "segmentation"
-    reference_batch = REFERENCE_BATCH
+    reference_batch = 8  # the batch the official learning rate is given for
     length = "iters"
+    default_config = "d3net-s"
     metric = Metric(name="val_miou", best_name="best_miou", label="val mIoU", tag="val/mIoU",
                     higher_is_better=True, percent=True)
 
@@ -227,12 +196,7 @@ class SegTrainer(Trainer):
             raise D3NetError(f"head must be 'fcn' or 'ocr', got {head!r}")
         self.root, self.head, self.val_data = root, head, val_data
         self.pretrained_backbone = pretrained_backbone
-
-    def default_config(self) -> str:
-        return "d3net-s"
-
-    def config_options(self) -> Dict[str, Any]:
-        return {"--config": self.config_source, "--head": self.head}
+        self.config_options["--head"] = head
 
     def adjust_config(self, config: SegConfig) -> None:
         if self.head is not None:
@@ -249,19 +213,15 @@ class SegTrainer(Trainer):
                              "own data)")
         if not hp.val_interval:
             val_data = None
-        elif val_data is None and not own_data:
-            if (Path(root) / "leftImg8bit" / "val").is_dir():
-                val_data = CityscapesDataset(root, "val", num_classes=config.num_classes)
-        elif val_data is not None and not isinstance(val_data, torch.utils.data.Dataset):
+        elif val_data is None and not own_data and (Path(root) / "leftImg8bit" / "val").is_dir():
+            val_data = root
+        if val_data is not None and not isinstance(val_data, torch.utils.data.Dataset):
             val_data = CityscapesDataset(val_data, "val", num_classes=config.num_classes)
         self.val_set, self.train_size = val_data, len(train)
+        self.validates = val_data is not None
         transform = TrainTransform(crop=hp.crop, scale_range=hp.scale_range, flip=hp.flip,
                                    mean=config.mean, std=config.std)
         return AugmentedDataset(train, transform, hp.seed)
-
-    @property
-    def validates(self) -> bool:
-        return self.val_set is not None
 
     def initialise(self, model: nn.Module) -> None:
         glorot_init_(model, conv="uniform")
@@ -281,11 +241,6 @@ class SegTrainer(Trainer):
 
     def train_module(self, model: nn.Module) -> nn.Module:
         return _TrainForward(model)
-
-    def prepare(self, batch: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tensor]:
-        images, labels = batch
-        return (images.to(self.dist.device, non_blocking=True),
-                labels.to(self.dist.device, non_blocking=True))
 
     def loss(self, outputs: Tuple[Tensor, Optional[Tensor]], targets: Tensor) -> Tensor:
         logits, aux = outputs
@@ -338,10 +293,9 @@ def train_seg(root: Union[PathLike, torch.utils.data.Dataset], out: PathLike,
             format), dict or :class:`SegConfig`; default ``d3net-s``. On resume the
             checkpoint's config is used (a different one is refused).
         head: ``fcn`` or ``ocr`` (overrides the config's head).
-        resume: continue ``out/train.ckpt`` exactly (weights, optimiser, iteration, RNG);
-            a larger ``iters`` extends the run, with the poly schedule recomputed over the
-            new total. Without a checkpoint a new run starts. Without ``resume`` an
-            existing checkpoint is an error.
+        resume: continue ``out/train.ckpt`` exactly (see :class:`~d3net.train.solver.Trainer`);
+            a larger ``iters`` extends it, with the poly schedule recomputed over the new
+            total.
         pretrained_backbone: ImageNet backbone weights for a new run (see
             :func:`d3net.models.load_backbone_weights`).
         val_data: a validation dataset or Cityscapes folder (its ``val`` split); default:
@@ -369,4 +323,4 @@ def train_seg(root: Union[PathLike, torch.utils.data.Dataset], out: PathLike,
 
 
 __all__ = ["SegHyperParams", "SegTrainer", "SegTrainResult", "train_seg", "run_paths",
-           "poly_lr", "seg_loss", "REFERENCE_BATCH", "HEADS"]
+           "poly_lr", "seg_loss", "HEADS"]

@@ -1,20 +1,12 @@
 """The training driver both recipes share: :class:`Trainer`.
 
-:meth:`Trainer.fit` owns everything that is not a task's own: refusing to overwrite a run
-or resuming it exactly, checking a resumed run's config and merging its hyper-parameters,
-seeding, the torchrun/DDP and SyncBatchNorm setup, learning-rate scaling, mixed precision
-and the memory layout, the step (forward, loss, all-reduce, NaN guard, optimiser step),
-TensorBoard and progress bars, and writing ``last`` / best weights and the checkpoint.
-
-A recipe (:mod:`d3net.train.mss`, :mod:`d3net.train.seg`) subclasses it and supplies only
-what is its own: the config it builds, the initialisation of a new model, the training data,
-the optimiser and learning-rate schedule, the loss, and the validation score (its metric
-and direction).
-
-The run is counted in optimisation steps over epochs of sharded, shuffled full batches
-(:func:`d3net.train.distributed.epoch_batches`); a run is as long as its hyper-parameter
-``epochs`` or ``iters`` says, and validates and writes its checkpoint at the intervals its
-recipe gives. Only rank 0 writes files; every rank runs the same collective calls.
+:meth:`Trainer.fit` owns run-folder refusal and exact resume, the config-vs-checkpoint check,
+hyper-parameter merging, seeding, DDP and SyncBatchNorm, learning-rate scaling, mixed
+precision, the step with its NaN guard, logging, and saving ``last`` / best weights and the
+checkpoint. A recipe (:mod:`d3net.train.mss`, :mod:`d3net.train.seg`) subclasses it and
+supplies its config, model initialisation, data, optimiser and schedule, loss and validation
+score. A run counts optimisation steps over epochs of sharded, shuffled full batches
+(:func:`d3net.train.distributed.epoch_batches`). Only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -40,13 +32,8 @@ from .distributed import (Distributed, epoch_batches, init_distributed, maybe_sy
 from .hparams import HyperParams
 from .precision import MixedPrecision
 
-LENGTH_UNITS = {"epochs": "epoch", "iters": "iteration"}
-"""The hyper-parameter that sets a run's length -> the unit it counts."""
+LENGTH_UNITS = {"epochs": "epoch", "iters": "iteration"}  # a run's length field -> its unit
 
-
-# ----------------------------------------------------------------------------------------
-# NaN / Inf guard
-# ----------------------------------------------------------------------------------------
 
 class NonFiniteLossError(D3NetError):
     """The training loss became NaN or infinite; the run stopped."""
@@ -57,10 +44,7 @@ def check_finite_loss(value: float, *, epoch: Optional[int] = None,
                       checkpoint: Optional[PathLike] = None) -> None:
     """Stop the run with one clear line when the loss is NaN or infinite.
 
-    Pass the loss already averaged over the ranks (:meth:`Distributed.mean`) so that every
-    rank stops at the same step instead of leaving the others waiting in an all-reduce.
-    Nothing is written after the bad step, so the last checkpoint on disk is the last good
-    one.
+    Pass the loss averaged over the ranks, so that every rank stops at the same step.
 
     Raises:
         NonFiniteLossError: ``value`` is NaN or infinite.
@@ -77,19 +61,12 @@ def check_finite_loss(value: float, *, epoch: Optional[int] = None,
         "check the data for silent/corrupt files)")
 
 
-# ----------------------------------------------------------------------------------------
-# logging and progress
-# ----------------------------------------------------------------------------------------
-
 _warned_no_tensorboard = False
 
 
 class Logger:
-    """TensorBoard scalars on rank 0; silent elsewhere.
-
-    TensorBoard is optional (``pip install 'd3net[train]'``): without it the logger warns
-    once and does nothing.
-    """
+    """TensorBoard scalars on rank 0; silent elsewhere, and without TensorBoard (an optional
+    dependency: ``pip install 'd3net[train]'``) after one warning."""
 
     def __init__(self, log_dir: Optional[PathLike], dist: Optional[Distributed] = None):
         self.writer = None
@@ -106,13 +83,9 @@ class Logger:
             return
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
-    def scalar(self, tag: str, value: float, step: int) -> None:
-        if self.writer is not None:
-            self.writer.add_scalar(tag, float(value), int(step))
-
     def scalars(self, values: Dict[str, float], step: int) -> None:
-        for tag, value in values.items():
-            self.scalar(tag, value, step)
+        for tag, value in values.items() if self.writer is not None else ():
+            self.writer.add_scalar(tag, float(value), int(step))
 
     def flush(self) -> None:
         if self.writer is not None:
@@ -128,8 +101,7 @@ def progress_bar(iterable: Optional[Any] = None, *, enabled: bool = True,
                  dist: Optional[Distributed] = None, **kwargs: Any) -> tqdm:
     """A tqdm bar shown on rank 0 when ``enabled`` (hidden on the other ranks)."""
     show = enabled and (dist is None or dist.is_main)
-    kwargs.setdefault("dynamic_ncols", True)
-    return tqdm(iterable, disable=not show, **kwargs)
+    return tqdm(iterable, disable=not show, dynamic_ncols=True, **kwargs)
 
 
 def log(message: str, dist: Optional[Distributed] = None, quiet: bool = False) -> None:
@@ -139,29 +111,16 @@ def log(message: str, dist: Optional[Distributed] = None, quiet: bool = False) -
     tqdm.write(message)
 
 
-# ----------------------------------------------------------------------------------------
-# the driver
-# ----------------------------------------------------------------------------------------
-
 @dataclass(frozen=True)
 class Metric:
-    """A recipe's validation score: how it is stored, shown and compared.
+    """A recipe's validation score: how it is stored, shown and compared."""
 
-    Attributes:
-        name: key of its history and of the latest score in a model file's metadata.
-        best_name: key of the best score in a model file's metadata.
-        label: its name in progress lines.
-        tag: its TensorBoard tag.
-        higher_is_better: the direction (mIoU up, loss down).
-        percent: show it times 100.
-    """
-
-    name: str
-    best_name: str
-    label: str
-    tag: str
+    name: str  # key of its history and of the latest score in a model file's metadata
+    best_name: str  # key of the best score in a model file's metadata
+    label: str  # in progress lines
+    tag: str  # in TensorBoard
     higher_is_better: bool
-    percent: bool = False
+    percent: bool = False  # shown times 100
 
     def improves(self, value: float, best: Optional[float]) -> bool:
         if best is None:
@@ -174,37 +133,23 @@ class Metric:
 
 @dataclass
 class RunFiles:
-    """The files every run writes (the base of the recipes' results).
+    """The files every run writes (the base of the recipes' results)."""
 
-    Attributes:
-        weights: the best weights by the validation score (the latest without validation).
-        last: the latest weights.
-        checkpoint: the resumable checkpoint.
-    """
-
-    weights: Path
-    last: Path
-    checkpoint: Path
+    weights: Path  # the best weights by the validation score (the latest without validation)
+    last: Path  # the latest weights
+    checkpoint: Path  # the resumable checkpoint
 
 
 @dataclass
 class TrainingRun:
-    """What :meth:`Trainer.fit` returns.
+    """What :meth:`Trainer.fit` returns; ``history`` holds ``"train_loss"`` (every step, mean
+    over the ranks) and the metric's ``(iteration, score)`` pairs, resumed runs included."""
 
-    Attributes:
-        iteration: completed optimisation steps.
-        steps_per_epoch: steps in one epoch of this run.
-        history: ``"train_loss"`` (every step, mean over the ranks) and, with validation,
-            the metric's ``(iteration, score)`` pairs under its name; resumed runs included.
-        best: the best validation score (``None`` without validation).
-        model: the trained network (plain module, on its training device).
-    """
-
-    iteration: int
+    iteration: int  # completed optimisation steps
     steps_per_epoch: int
     history: Dict[str, list]
-    best: Optional[float]
-    model: nn.Module
+    best: Optional[float]  # the best validation score (None without validation)
+    model: nn.Module  # the trained network (plain module, on its training device)
 
     @property
     def epochs(self) -> int:
@@ -233,9 +178,8 @@ class Trainer:
             starts. Without ``resume`` an existing checkpoint is an error.
         device: ``cpu``, ``cuda`` or ``None`` (CUDA when available).
         sync_bn: ``auto``/``on``/``off`` (:func:`d3net.train.distributed.maybe_sync_batchnorm`).
-        workers: DataLoader worker processes.
-        progress: tqdm bars (rank 0).
-        quiet: no informational lines.
+        workers, progress, quiet: DataLoader worker processes; tqdm bars (rank 0); no
+            informational lines.
         hparams: fields of :attr:`hparams_type`; ``None`` means "the default, or the
             resumed run's value".
 
@@ -245,15 +189,13 @@ class Trainer:
 
     hparams_type: ClassVar[Type[HyperParams]]
     config_type: ClassVar[type]
-    task: ClassVar[str]
-    """``"mss"`` or ``"seg"`` (how an official YAML is read)."""
-    kind: ClassVar[str]
-    """In messages: ``"music separation"``, ``"segmentation"``."""
-    reference_batch: ClassVar[int]
-    """The batch size the official learning rate is given for (``lr_scaling``)."""
-    length: ClassVar[str]
-    """The hyper-parameter that sets the run's length: ``"epochs"`` or ``"iters"``."""
+    task: ClassVar[str]  # "mss" or "seg" (how an official YAML is read)
+    kind: ClassVar[str]  # in messages: "music separation", "segmentation"
+    reference_batch: ClassVar[int]  # the batch the official learning rate is given for
+    length: ClassVar[str]  # the hyper-parameter that sets the run's length: epochs or iters
     metric: ClassVar[Optional[Metric]] = None
+    default_config: str  # the preset used when no config is given
+    validates = False  # whether the run has validation data (set by train_dataset)
 
     def __init__(self, paths: Dict[str, Path], config: Any = None, *, resume: bool = False,
                  device: Union[str, torch.device, None] = None, sync_bn: str = "auto",
@@ -267,63 +209,45 @@ class Trainer:
         self.resume, self.device, self.sync_bn = resume, device, sync_bn
         self.workers, self.progress, self.quiet = workers, progress, quiet
         self.overrides = dict(hparams or {})
+        self.run_name = self.kind  # what the run trains, in messages
+        self.config_options = {"--config": config}  # the options that chose the config
 
-    # ------------------------------------------------------------------ the recipe's part
+    # the recipe's part
 
     def load_config(self, source: Any) -> Any:
         """A config from a preset name, YAML file, dict or config object."""
         return load_config(source, task=self.task)
 
-    def default_config(self) -> str:
-        """The preset used when no config is given."""
-        raise NotImplementedError
-
     def owns(self, config: Any) -> bool:
         """Whether a resumed run's config is one this trainer continues."""
         return isinstance(config, self.config_type)
-
-    @property
-    def run_name(self) -> str:
-        """What the run trains, in messages."""
-        return self.kind
-
-    def config_options(self) -> Dict[str, Any]:
-        """The command-line options that chose the config (``None`` = not given)."""
-        return {"--config": self.config_source}
 
     def adjust_config(self, config: Any) -> None:
         """Apply the recipe's own config options to a fresh copy (e.g. the head)."""
 
     def train_dataset(self) -> torch.utils.data.Dataset:
-        """The training items (with ``set_epoch(epoch)``); also set up validation data."""
+        """The training items (with ``set_epoch(epoch)``); also sets up validation data."""
         raise NotImplementedError
-
-    @property
-    def validates(self) -> bool:
-        """Whether the run has validation data."""
-        return False
 
     def initialise(self, model: nn.Module) -> None:
         """Initialise a new run's model in place (not called on resume)."""
 
     def optimizer(self, model: nn.Module, lr_scale: float
                   ) -> Tuple[torch.optim.Optimizer, Optional[Any]]:
-        """The optimiser and an optional learning-rate scheduler stepped once per epoch;
-        ``lr_scale`` is the ``lr_scaling`` factor (1 without it)."""
+        """The optimiser for lr x ``lr_scale`` and an optional scheduler stepped per epoch."""
         raise NotImplementedError
 
     def step_lr(self, iteration: int) -> Optional[float]:
-        """The learning rate of step ``iteration`` (0-based), or ``None`` to leave it to the
-        optimiser and its scheduler."""
+        """The learning rate of step ``iteration`` (0-based); ``None``: the scheduler's."""
         return None
 
     def train_module(self, model: nn.Module) -> nn.Module:
         """The module whose forward the step calls (and DDP wraps)."""
         return model
 
-    def prepare(self, batch: Any) -> Tuple[Any, Any]:
+    def prepare(self, batch: Tuple[Tensor, Tensor]) -> Tuple[Any, Any]:
         """``(inputs, targets)`` of a batch from the loader, on the training device."""
-        raise NotImplementedError
+        return tuple(x.to(self.dist.device, non_blocking=True) for x in batch)
 
     def loss(self, outputs: Any, targets: Any) -> Tensor:
         """The scalar training loss (computed in float32)."""
@@ -334,8 +258,7 @@ class Trainer:
         raise NotImplementedError
 
     def intervals(self, steps_per_epoch: int) -> Tuple[int, int]:
-        """``(validate every, write the checkpoint every)`` in steps (0 = never); both
-        also happen at the end of the run."""
+        """``(validate, write the checkpoint)`` every so many steps (0 = never) and at the end."""
         return steps_per_epoch, steps_per_epoch
 
     def describe(self, lr_scale: float) -> str:
@@ -347,7 +270,7 @@ class Trainer:
         before, now = getattr(saved, self.length), getattr(self.hp, self.length)
         return f" (now {now} {LENGTH_UNITS[self.length]}s in all)" if before != now else ""
 
-    # ------------------------------------------------------------------ the driver's part
+    # the driver's part
 
     def files(self) -> Dict[str, Path]:
         """The :class:`RunFiles` fields."""
@@ -372,7 +295,7 @@ class Trainer:
 
     def _resolve_config(self, source: Any) -> Any:
         """A fresh copy of ``source`` (or the default preset) with the recipe's options."""
-        config = self.load_config(source if source is not None else self.default_config())
+        config = self.load_config(source if source is not None else self.default_config)
         if not isinstance(config, self.config_type):
             raise D3NetError(f"{describe(config)} is not a {self.kind} config")
         config = dataclasses.replace(config)  # never modify the caller's object
@@ -382,15 +305,12 @@ class Trainer:
     def _start(self) -> Optional[Dict[str, Any]]:
         """The checkpoint to resume (``None``: a new run); sets ``config`` and ``hp``."""
         checkpoint = self.paths["checkpoint"]
-        state = None
         if checkpoint.exists() and not self.resume:
             raise D3NetError(f"{checkpoint} exists: pass --resume to continue that run, or "
                              "choose another --out folder")
-        if self.resume:
-            if checkpoint.is_file():
-                state = load_checkpoint(checkpoint)
-            else:
-                self.say(f"no checkpoint at {checkpoint}: starting a new run")
+        state = load_checkpoint(checkpoint) if self.resume and checkpoint.is_file() else None
+        if self.resume and state is None:
+            self.say(f"no checkpoint at {checkpoint}: starting a new run")
         if state is None:
             self.config = self._resolve_config(self.config_source)
             self.hp = self.hparams_type.from_overrides(self.overrides)
@@ -398,7 +318,7 @@ class Trainer:
         config = from_dict(state["config"])
         if not self.owns(config):
             raise D3NetError(f"{checkpoint} is not a {self.run_name} run")
-        given = {k: v for k, v in self.config_options().items() if v is not None}
+        given = {k: v for k, v in self.config_options.items() if v is not None}
         if given:
             source = self.config_source if self.config_source is not None else config
             if to_dict(self._resolve_config(source)) != to_dict(config):
@@ -458,8 +378,7 @@ class Trainer:
 
     def _build(self, new_run: bool) -> Tuple[nn.Module, torch.optim.Optimizer, Any, float]:
         """The model (initialised when ``new_run``) on its device and in its layout, the
-        optimiser, its scheduler and the learning-rate scale; sets ``amp`` and
-        ``channels_last``."""
+        optimiser, its scheduler and the lr scale; sets ``amp`` and ``channels_last``."""
         hp, dist = self.hp, self.dist
         self.amp = MixedPrecision(hp.amp, dist.device)
         self.channels_last = bool(hp.channels_last)
@@ -530,7 +449,7 @@ class Trainer:
                     run.history[self.metric.name].append((run.iteration, score))
                     improved = self.metric.improves(score, run.best)
                     run.best = score if improved else run.best
-                    logger.scalar(self.metric.tag, score, run.iteration)
+                    logger.scalars({self.metric.tag: score}, run.iteration)
                     line += (f", {self.metric.label} {self.metric.format(score)}"
                              + (" (best)" if improved else ""))
                 self._save(run, optimizer, scheduler, window, improved)
@@ -578,8 +497,7 @@ class Trainer:
 
 
 def _due(iteration: int, every: int, total: int) -> bool:
-    """Whether a task done ``every`` steps (0 = never) is due after step ``iteration``;
-    every task is also due at the end of the run."""
+    """Whether a task done ``every`` steps (0 = never) and at the end is due now."""
     return bool(every) and (iteration % every == 0 or iteration == total)
 
 
