@@ -52,7 +52,7 @@ from ..errors import D3NetError
 from ..utils import PathLike
 from .hparams import AMP_HELP, HyperParams, option, parse_int_list, parse_range
 from .init import glorot_init_
-from .solver import Metric, RunFiles, Trainer, log, progress_bar
+from .solver import Metric, RunFiles, Trainer, progress_bar
 
 
 def parse_validation(text: str, flag: str) -> Union[str, Tuple[str, ...]]:
@@ -265,8 +265,7 @@ class MSSTrainer(Trainer):
             mean, scale = musdb.load_stats(path)
             if mean.numel() == config.num_bins:
                 return mean, scale
-            log(f"{path} has {mean.numel()} bins, the model {config.num_bins}: recomputing",
-                dist)
+            self.say(f"{path} has {mean.numel()} bins, the model {config.num_bins}: recomputing")
         mean, scale = musdb.compute_input_stats(
             self.train_tracks, max_seconds_per_track=self.hp.stats_seconds,
             progress=self.progress and dist.is_main, n_fft=config.fft_size,
