@@ -121,13 +121,6 @@ class Segmenter(nn.Module):
         network = load(model, task="seg", device=device, progress=download_progress)
         return cls(network, device=device, **options)
 
-    @classmethod
-    def from_file(cls, path: PathLike, device: Union[str, torch.device, None] = None,
-                  **options) -> "Segmenter":
-        """Alias of :meth:`from_pretrained` (kept for existing code): ``path`` may be any
-        segmentation model spec."""
-        return cls.from_pretrained(path, device=device, **options)
-
     @property
     def device(self) -> torch.device:
         first = next(iter(self.model.parameters()), None)
@@ -168,9 +161,10 @@ class Segmenter(nn.Module):
         probabilities: Optional[Tensor] = None
         with tqdm(total=total, desc="segmenting", unit="batch", disable=not self.progress,
                   leave=False) as bar:
+            step = self.batch_size if self.mode == "whole" else 1
             for scale, flipped in views:
-                for start in range(0, images.shape[0], self._images_per_step()):
-                    chunk = images[start:start + self._images_per_step()].to(self.device)
+                for start in range(0, images.shape[0], step):
+                    chunk = images[start:start + step].to(self.device)
                     logits = self._view_logits(chunk, scale, flipped, bar)
                     view = torch.softmax(logits.float(), dim=1).to(out_device)
                     if probabilities is None:
@@ -211,7 +205,10 @@ class Segmenter(nn.Module):
         if isinstance(image, (str, os.PathLike)):
             image = read_image(image)
         probabilities = self.predict_proba(self.normalize(image)).cpu()
-        return _labels_uint8(probabilities.argmax(0)), probabilities
+        labels = probabilities.argmax(0).numpy()
+        if labels.size and labels.max() > 255:
+            raise D3NetError(f"class id {int(labels.max())} does not fit an 8-bit label PNG")
+        return labels.astype(np.uint8), probabilities
 
     def segment_file(self, path: PathLike, out_dir: PathLike,
                      stem: Optional[str] = None, alpha: float = 0.5) -> SegmentationFiles:
@@ -272,9 +269,6 @@ class Segmenter(nn.Module):
         if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
             raise D3NetError(f"empty image batch of shape {tuple(images.shape)}")
         return images
-
-    def _images_per_step(self) -> int:
-        return self.batch_size if self.mode == "whole" else 1
 
     @staticmethod
     def _scaled(height: int, width: int, scale: float) -> Size:
@@ -351,9 +345,3 @@ class Segmenter(nn.Module):
                              f"{tuple(x.shape)}; expected (N, classes, H, W) logits")
         return logits[..., :height, :width]
 
-
-def _labels_uint8(labels: Tensor) -> np.ndarray:
-    array = labels.cpu().numpy()
-    if array.size and array.max() > 255:
-        raise D3NetError(f"class id {int(array.max())} does not fit an 8-bit label PNG")
-    return array.astype(np.uint8)
