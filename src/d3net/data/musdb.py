@@ -62,10 +62,6 @@ VALIDATION_TRACKS = (
 """MUSDB18's official validation tracks (all from the train subset)."""
 
 
-# ----------------------------------------------------------------------------------------
-# tracks
-# ----------------------------------------------------------------------------------------
-
 @dataclass
 class MUSDBTrack:
     """One multitrack song whose sources are read on demand.
@@ -87,11 +83,6 @@ class MUSDBTrack:
     num_samples: int
     channels: int
     stem_file: bool = field(default=False, repr=False)
-
-    @property
-    def duration(self) -> float:
-        """Length in seconds."""
-        return self.num_samples / self.sample_rate
 
     def load(self, source: str = "mixture", start: int = 0,
              frames: int | None = None) -> np.ndarray:
@@ -268,25 +259,9 @@ def list_tracks(root: PathLike, subset: str = "train", split: str | None = None,
     return tracks
 
 
-# ----------------------------------------------------------------------------------------
-# datasets
-# ----------------------------------------------------------------------------------------
-
 def _check_target(target: str) -> None:
     if target not in DATASET_TARGETS:
         raise D3NetError(f"unknown target {target!r}: use one of {', '.join(DATASET_TARGETS)}")
-
-
-def _common(tracks: Sequence[MUSDBTrack], what: str) -> tuple[int, int]:
-    if not tracks:
-        raise D3NetError(f"{what}: no tracks")
-    rates = {t.sample_rate for t in tracks}
-    channels = {t.channels for t in tracks}
-    if len(rates) > 1:
-        raise D3NetError(f"{what}: tracks have different sample rates {sorted(rates)}")
-    if len(channels) > 1:
-        raise D3NetError(f"{what}: tracks have different channel counts {sorted(channels)}")
-    return rates.pop(), channels.pop()
 
 
 @dataclass(frozen=True)
@@ -344,7 +319,15 @@ class ExcerptDataset(torch.utils.data.Dataset):
                  independent_offsets: bool | None = None):
         _check_target(target)
         self.tracks = list(tracks)
-        self.sample_rate, self.channels = _common(self.tracks, "ExcerptDataset")
+        if not tracks:
+            raise D3NetError("ExcerptDataset: no tracks")
+        rates, channels = {t.sample_rate for t in tracks}, {t.channels for t in tracks}
+        if len(rates) > 1:
+            raise D3NetError(f"ExcerptDataset: tracks have different sample rates {sorted(rates)}")
+        if len(channels) > 1:
+            raise D3NetError("ExcerptDataset: tracks have different channel counts "
+                             f"{sorted(channels)}")
+        self.sample_rate, self.channels = rates.pop(), channels.pop()
         if excerpt_seconds <= 0 or samples_per_track < 1:
             raise D3NetError("excerpt_seconds must be > 0 and samples_per_track >= 1, got "
                              f"{excerpt_seconds} and {samples_per_track}")
@@ -368,13 +351,6 @@ class ExcerptDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.tracks) * self.samples_per_track
-
-    def _excerpt(self, track: MUSDBTrack, source: str, offset: int) -> np.ndarray:
-        frames = min(self.excerpt_samples, track.num_samples - offset)
-        audio = track.load(source, offset, frames)
-        if frames < self.excerpt_samples:
-            audio = np.pad(audio, ((0, 0), (0, self.excerpt_samples - frames)))
-        return audio
 
     def draw(self, index: int) -> list[ExcerptDraw]:
         """The random choices behind item ``index`` of the current epoch, one per source."""
@@ -402,7 +378,11 @@ class ExcerptDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         sources = {}
         for d in self.draw(index):
-            audio = self._excerpt(self.tracks[d.track], d.source, d.offset)
+            track = self.tracks[d.track]
+            frames = min(self.excerpt_samples, track.num_samples - d.offset)
+            audio = track.load(d.source, d.offset, frames)
+            if frames < self.excerpt_samples:  # a track shorter than the excerpt
+                audio = np.pad(audio, ((0, 0), (0, self.excerpt_samples - frames)))
             if d.gain != 1.0:
                 audio = audio * np.float32(d.gain)
             sources[d.source] = audio[::-1] if d.swap else audio
@@ -434,10 +414,6 @@ class FullTrackDataset(torch.utils.data.Dataset):
         track = self.tracks[index]
         return (torch.from_numpy(track.load("mixture")), torch.from_numpy(track.load(self.target)))
 
-
-# ----------------------------------------------------------------------------------------
-# input statistics
-# ----------------------------------------------------------------------------------------
 
 def _mono_magnitudes(track: MUSDBTrack, start: int, stop: int, n_fft: int, hop: int,
                      chunk_frames: int) -> Iterable[np.ndarray]:
