@@ -233,11 +233,9 @@ def write_outputs(image: ImageLike, labels: np.ndarray, out_dir: PathLike, stem:
         label_ids: also write Cityscapes label ids (only meaningful for a model of the
             19 Cityscapes classes).
 
-    Files: ``<stem>_trainIds.png`` (8-bit grayscale train ids), ``<stem>_labelIds.png``
-    (8-bit grayscale Cityscapes label ids 0..33, the file Cityscapes' evaluation scripts
-    and test server read as ``*_labelIds.png``; mapped with
-    :func:`train_ids_to_label_ids`) and ``<stem>_overlay.png`` (palette colours blended
-    over the image).
+    Files: 8-bit grayscale ``<stem>_trainIds.png`` and ``<stem>_labelIds.png`` (Cityscapes
+    label ids 0..33, which Cityscapes' scripts and test server read), and
+    ``<stem>_overlay.png`` (palette colours blended over the image).
     """
     out_dir = Path(out_dir)
     labels = np.ascontiguousarray(labels, dtype=np.uint8)

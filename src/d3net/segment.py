@@ -3,19 +3,14 @@
 Inference modes (the ``mode`` of :class:`Segmenter`):
 
 * ``"whole"``: the network sees the whole (rescaled) image at once, as the official
-  inference script does. D3Net is fully convolutional, so any size works; images smaller
-  than :data:`MIN_SIZE` pixels on a side are padded with the mean colour for the pass.
-* ``"slide"``: the network sees overlapping ``crop`` windows placed every ``stride``
-  pixels (the last row and column of windows are moved back to end at the border);
-  logits of overlapping windows are averaged. Bounds memory on large images.
+  inference script does; sides shorter than :data:`MIN_SIZE` are padded for the pass.
+* ``"slide"``: overlapping ``crop`` windows every ``stride`` pixels (the last row and
+  column of windows end at the border), their logits averaged. Bounds memory.
 
-Test-time augmentation: every scale in ``scales`` (the image is resized by that factor,
-half-pixel bilinear) and, with ``flip``, its mirror image, each give logits that are
-resized back to the input size; their softmax probabilities are averaged. ``tta=True``
-is the paper's test setting: scales 0.5, 0.75, 1.0, 1.25, 1.5, 1.75 and flipping.
-
-The official model returns the softmax in test mode, so :meth:`Segmenter.predict_proba`
-at one scale without flipping gives exactly the official output.
+Test-time augmentation: each scale (half-pixel bilinear resize) and, with ``flip``, its
+mirror image give logits resized back to the input size; their softmax probabilities are
+averaged. The official model returns the softmax in test mode, so one scale without
+flipping gives exactly the official output.
 """
 from __future__ import annotations
 
@@ -106,12 +101,10 @@ class Segmenter(nn.Module):
 
         Args:
             model: a weight name (``"official-d3net-s"``, the default, or
-                ``"official-d3net-l"``: Sony's weights, fetched and cached on first use), a
-                model file, a run folder (``FOLDER/model.safetensors``) or an official
-                ``.h5``.
+                ``"official-d3net-l"``: fetched and cached on first use), a model file, a
+                run folder (``FOLDER/model.safetensors``) or an official ``.h5``.
             device: where to run.
-            download_progress: show what is downloaded, with a progress bar (weight
-                names fetched for the first time).
+            download_progress: show downloads of weight names with a progress bar.
             **options: the other :class:`Segmenter` options.
 
         Raises:

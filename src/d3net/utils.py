@@ -220,11 +220,8 @@ def check_unique_outputs(pairs: Iterable[Tuple[PathLike, str]],
     for source, name in pairs:
         source = Path(source)
         identity = os.path.realpath(source)
-        key = name.casefold()
-        if key not in seen:
-            seen[key] = (source, name, identity)
-            continue
-        first, first_name, first_identity = seen[key]
+        first, first_name, first_identity = seen.setdefault(name.casefold(),
+                                                            (source, name, identity))
         if first_identity == identity:
             continue
         shared = name if first_name == name else \

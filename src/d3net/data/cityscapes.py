@@ -236,9 +236,10 @@ class CityscapesDataset(SegmentationDataset):
 
     Labels come from ``*_gtFine_labelTrainIds.png``; where only
     ``*_gtFine_labelIds.png`` exists, the official ids are converted to train ids with
-    :data:`d3net.image.LABEL_ID_TO_TRAIN_ID` (one warning per dataset says so). The ``test`` split,
-    whose labels Cityscapes does not publish, may have no label files: such images get
-    an all-ignore label. In other splits, an image without a label is an error.
+    :data:`d3net.image.LABEL_ID_TO_TRAIN_ID` (one warning per dataset says so). The
+    ``test`` split, whose labels Cityscapes does not publish, may have no label files:
+    such images get an all-ignore label. In other splits, an image without a label is an
+    error.
 
     Args:
         root: the folder holding ``leftImg8bit/`` and ``gtFine/``.
@@ -253,21 +254,8 @@ class CityscapesDataset(SegmentationDataset):
     def __init__(self, root: PathLike, split: str = "train",
                  transform: Optional[Callable] = None, annotations: str = "gtFine",
                  num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX):
-        self.root = Path(root)
+        self.root = root = Path(root)
         self.split = split
-        samples = self._find_samples(self.root, split, annotations)
-        converted = sum(sample.label_ids for sample in samples)
-        if converted:
-            warnings.warn(
-                f"{converted} of {len(samples)} labels in {self.root / annotations / split} "
-                f"exist only as *_{annotations}_labelIds.png; converting the official label "
-                "ids to train ids with the Cityscapes table (cityscapesscripts' "
-                "createTrainIdLabelImgs writes the train-id files once for all)",
-                UserWarning, stacklevel=2)
-        super().__init__(samples, transform, num_classes, ignore_index)
-
-    @classmethod
-    def _find_samples(cls, root: Path, split: str, annotations: str) -> list[Sample]:
         if not root.is_dir():
             raise D3NetError(f"Cityscapes root {root} does not exist or is not a folder")
         image_root = root / "leftImg8bit"
@@ -278,14 +266,14 @@ class CityscapesDataset(SegmentationDataset):
             found = sorted(p.name for p in image_root.iterdir() if p.is_dir())
             raise D3NetError(f"no split {split!r} in {image_root} (found: "
                              f"{', '.join(found) or 'nothing'})")
-        images = sorted(image_dir.glob(f"*/*{cls.IMAGE_SUFFIX}"))
+        images = sorted(image_dir.glob(f"*/*{self.IMAGE_SUFFIX}"))
         if not images:
-            raise D3NetError(f"no images found: {image_dir} has no <city>/*{cls.IMAGE_SUFFIX}")
+            raise D3NetError(f"no images found: {image_dir} has no <city>/*{self.IMAGE_SUFFIX}")
 
         label_dir = root / annotations / split
         samples = []
         for image in images:
-            stem = image.name[: -len(cls.IMAGE_SUFFIX)]
+            stem = image.name[: -len(self.IMAGE_SUFFIX)]
             folder = label_dir / image.parent.name
             train_ids = folder / f"{stem}_{annotations}_labelTrainIds.png"
             label_ids = folder / f"{stem}_{annotations}_labelIds.png"
@@ -298,7 +286,14 @@ class CityscapesDataset(SegmentationDataset):
             else:
                 raise D3NetError(f"image {image} has no label: expected {train_ids} "
                                  f"(or {label_ids.name})")
-        return samples
+        converted = sum(sample.label_ids for sample in samples)
+        if converted:
+            warnings.warn(
+                f"{converted} of {len(samples)} labels in {label_dir} exist only as "
+                f"*_{annotations}_labelIds.png; converting the official label ids to train "
+                "ids with the Cityscapes table (cityscapesscripts' createTrainIdLabelImgs "
+                "writes the train-id files once for all)", UserWarning, stacklevel=2)
+        super().__init__(samples, transform, num_classes, ignore_index)
 
     def __repr__(self) -> str:
         return (f"CityscapesDataset(root={str(self.root)!r}, split={self.split!r}, "
@@ -312,9 +307,9 @@ class ImageFolderDataset(SegmentationDataset):
     ``labels_dir/a/b/x<label_suffix>`` (``labels_dir`` may sit inside ``images_dir``, or be
     the same folder when ``label_suffix`` tells labels apart). With ``image_suffix``, only
     files ending with it are images and it is stripped to get the stem (e.g.
-    ``image_suffix="_leftImg8bit.png"``, ``label_suffix="_gtFine_labelTrainIds.png"``). Label PNGs hold train ids 0..C-1 and
-    255 for ignore, or official Cityscapes label ids with ``label_ids=True``. Without
-    ``labels_dir`` the images are unlabelled (all-ignore labels).
+    ``image_suffix="_leftImg8bit.png"``, ``label_suffix="_gtFine_labelTrainIds.png"``).
+    Label PNGs hold train ids 0..C-1 and 255 for ignore, or official Cityscapes label ids
+    with ``label_ids=True``. Without ``labels_dir`` the images are unlabelled.
     """
 
     def __init__(self, images_dir: PathLike,

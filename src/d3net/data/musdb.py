@@ -9,12 +9,10 @@ Layouts:
   ``musdb`` package (``pip install 'd3net[musdb]'``), which decodes with ffmpeg: an
   ``ffmpeg`` binary must be on the PATH.
 
-Validation split: MUSDB18 sets aside 14 of its 100 train tracks for validation
-(``validation_tracks`` in musdb's ``mus.yaml``, copied to :data:`VALIDATION_TRACKS`).
-``list_tracks(root, "train", split="train")`` leaves them out and ``split="valid"`` keeps
-only them. Track names that are not MUSDB18 names (e.g. synthetic songs) are never
-validation tracks, so ``split="valid"`` returns an empty list on such datasets unless
-``validation_tracks`` names some.
+Validation split (:func:`list_tracks`): MUSDB18 sets aside 14 of its 100 train tracks
+(``validation_tracks`` in musdb's ``mus.yaml``, copied to :data:`VALIDATION_TRACKS`). Other
+names (e.g. synthetic songs) are never validation tracks unless ``validation_tracks`` names
+them, so ``split="valid"`` is empty on such datasets.
 """
 from __future__ import annotations
 
@@ -160,15 +158,12 @@ def _wav_track(folder: Path, subset: str) -> MUSDBTrack:
     ref = infos["mixture"]
     for stem in TARGETS:
         info = infos[stem]
-        if info.samplerate != ref.samplerate:
-            raise D3NetError(f"track '{name}': stem '{stem}.wav' has sample rate "
-                             f"{info.samplerate} Hz but mixture.wav has {ref.samplerate} Hz")
-        if info.frames != ref.frames:
-            raise D3NetError(f"track '{name}': stem '{stem}.wav' has {info.frames} samples "
-                             f"but mixture.wav has {ref.frames}")
-        if info.channels != ref.channels:
-            raise D3NetError(f"track '{name}': stem '{stem}.wav' has {info.channels} channels "
-                             f"but mixture.wav has {ref.channels}")
+        for what, got, want in (("sample rate {} Hz", info.samplerate, ref.samplerate),
+                                ("{} samples", info.frames, ref.frames),
+                                ("{} channels", info.channels, ref.channels)):
+            if got != want:
+                raise D3NetError(f"track '{name}': stem '{stem}.wav' has {what.format(got)} "
+                                 f"but mixture.wav has {what.format(want)}")
     if ref.frames == 0:
         raise D3NetError(f"track '{name}': mixture.wav is empty")
     return MUSDBTrack(name, subset, paths, int(ref.samplerate), int(ref.frames), int(ref.channels))
@@ -285,17 +280,15 @@ class ExcerptDataset(torch.utils.data.Dataset):
     mixture is the sum of the augmented sources; the target is one of them (or drums +
     bass + other for ``accompaniment``).
 
-    Differences from the official code, all switchable: the official sampler draws a
-    separate offset per source even when sources come from one track; here offsets are
-    independent when ``independent_offsets`` is true, which defaults to ``random_tracks``
-    (set ``independent_offsets=True`` for the official behaviour with
-    ``random_tracks=False``). Tracks shorter than the excerpt are zero-padded at the end.
+    Differs from the official code, which draws an offset per source even when the sources
+    come from one track: here ``independent_offsets`` (default ``random_tracks``) decides.
+    Tracks shorter than the excerpt are zero-padded at the end.
 
     Randomness: item ``index`` of epoch ``e`` uses ``numpy.random.default_rng((seed, e,
-    index))`` only, so the items do not depend on worker count, DDP rank or iteration
-    order, and a resumed run sees the same data (call :meth:`set_epoch` at every epoch).
-    All random numbers are drawn whether or not an augmentation is enabled, so switching
-    one augmentation off does not change the others.
+    index))`` only, so the items do not depend on workers, DDP rank or iteration order, and
+    a resumed run sees the same data (call :meth:`set_epoch` at every epoch). All random
+    numbers are drawn whether or not an augmentation is on, so switching one off does not
+    change the others.
 
     Args:
         tracks: training tracks (same sample rate and channel count).
@@ -304,9 +297,7 @@ class ExcerptDataset(torch.utils.data.Dataset):
         samples_per_track: items per track per epoch (official: 64).
         gain_range: ``(low, high)`` random gain per source, or ``None`` for no gain.
         channel_swap: swap left/right per source with probability 1/2.
-        random_tracks: draw every source from an independently random track.
-        seed: base seed.
-        independent_offsets: draw an offset per source (default: ``random_tracks``).
+        random_tracks, independent_offsets, seed: see above; ``seed`` is the base seed.
 
     Items: ``(mixture, target)`` float32 tensors ``(channels, samples)``;
     :meth:`draw` tells which tracks, offsets, gains and swaps an item used.

@@ -418,12 +418,10 @@ def _cell(value: float) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
-def format_table(table: ScoreTable, metrics: Iterable[str] = ("SDR",),
-                 label: str | None = None) -> str:
+def format_table(table: ScoreTable, metrics: Iterable[str] = ("SDR",)) -> str:
     """A Markdown table like the paper's Table 4: one row per metric (dB)."""
-    header = ["Metric (dB)" if label is None else label] + [_HEADERS[c] for c in COLUMNS]
-    rows = [[m if label is None else f"{label} {m}"] + [_cell(table.values[m][c]) for c in COLUMNS]
-            for m in metrics]
+    header = ["Metric (dB)"] + [_HEADERS[c] for c in COLUMNS]
+    rows = [[m] + [_cell(table.values[m][c]) for c in COLUMNS] for m in metrics]
     note = (f"median over 1 s frames, then over {table.num_tracks} track"
             f"{'s' if table.num_tracks != 1 else ''}; scorer: {', '.join(table.scorers) or '-'}")
     scenarios = scenario_note(table)
