@@ -54,13 +54,8 @@ ImageLike = Union[Image.Image, np.ndarray]
 
 
 def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
-    """Map official Cityscapes label ids (0..33, as in ``*_labelIds.png``) to train ids.
-
-    Args:
-        label_ids: integer array of any shape with values in 0..255.
-    Returns:
-        uint8 array of the same shape: 0..18, or 255 for classes not evaluated.
-    """
+    """Official Cityscapes label ids (0..33, as in ``*_labelIds.png``; any shape, values in
+    0..255) -> uint8 train ids of the same shape: 0..18, or 255 for classes not evaluated."""
     return _LABEL_TO_TRAIN_LUT[np.asarray(label_ids).astype(np.intp, copy=False)]
 
 
@@ -197,14 +192,8 @@ def image_to_array(image: ImageLike) -> np.ndarray:
 
 def normalize_image(image: ImageLike, mean: Sequence[float] = CITYSCAPES_MEAN,
                     std: Sequence[float] = CITYSCAPES_STD) -> torch.Tensor:
-    """Turn an image into the network's input: ``(x - mean) / std`` in 0..255 units.
-
-    Args:
-        image: PIL image or numpy array, any mode :func:`image_to_array` accepts.
-        mean, std: per-channel statistics (RGB order), in 0..255 units.
-    Returns:
-        float32 tensor ``(3, height, width)``.
-    """
+    """The network's input, float32 ``(3, height, width)`` ``(x - mean) / std``, from an image
+    :func:`image_to_array` accepts; ``mean`` and ``std`` per RGB channel in 0..255 units."""
     array = image_to_array(image)
     tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)

@@ -50,15 +50,9 @@ def _as_label_array(label: LabelMap) -> np.ndarray:
 
 
 def colorize(label: LabelMap, palette: np.ndarray = CITYSCAPES_PALETTE) -> np.ndarray:
-    """Paint a label map with the palette.
-
-    Args:
-        label: train ids, shape (height, width); 255 (ignore) and ids without a colour
-            are painted black.
-        palette: (classes, 3) uint8 colours, at most 256 rows.
-    Returns:
-        RGB image, shape (height, width, 3), uint8.
-    """
+    """Paint train ids ``(height, width)`` with ``palette`` (``(classes, 3)`` uint8, at most
+    256 rows): RGB uint8 ``(height, width, 3)``; 255 (ignore) and ids without a colour are
+    black."""
     label = _as_label_array(label)
     table = np.full((256, 3), IGNORE_COLOR, dtype=np.uint8)
     table[: len(palette)] = np.asarray(palette, dtype=np.uint8)

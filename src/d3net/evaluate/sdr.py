@@ -126,15 +126,11 @@ def own_sdr(reference: np.ndarray, estimate: np.ndarray, win: int, hop: int) -> 
     reference = _audio(reference, "reference")
     estimate = _fit(_audio(estimate, "estimate"), reference, "estimate")
     values = []
-    for frame in _frames(reference.shape[-1], win, hop):
-        ref = reference[:, frame].astype(np.float64)
-        err = ref - estimate[:, frame].astype(np.float64)
-        energy = float(np.sum(ref ** 2))
-        if energy == 0.0:
-            values.append(math.nan)
-        else:
-            error = float(np.sum(err ** 2))
-            values.append(10.0 * math.log10((energy + _OWN_EPS) / (error + _OWN_EPS)))
+    for frame in _frames(reference.shape[-1], win, hop):  # both float64 (_audio)
+        energy = float(np.sum(reference[:, frame] ** 2))
+        error = float(np.sum((reference[:, frame] - estimate[:, frame]) ** 2))
+        values.append(math.nan if energy == 0.0 else
+                      10.0 * math.log10((energy + _OWN_EPS) / (error + _OWN_EPS)))
     return np.array(values)
 
 
