@@ -16,7 +16,8 @@ from d3net.data.synth_music import generate_dataset
 from d3net.errors import D3NetError
 from d3net.evaluate import mss as evaluate_module
 from d3net.evaluate import sdr
-from d3net.evaluate.mss import evaluate_mss, resolve_scorer
+from d3net.evaluate.mss import evaluate_mss
+from d3net.evaluate.sdr import resolve_scorer
 from d3net.train.mss import xavier_init_
 
 from conftest import TINY_MSS as TINY
@@ -118,7 +119,7 @@ def test_auto_scorer_falls_back_and_says_so(monkeypatch):
 
 
 def test_museval_scores_when_available(data, model_dir, tmp_path):
-    if not sdr.museval_available():
+    if sdr.museval_problem():
         pytest.skip(f"museval unusable here: {sdr.museval_problem()}")
     name = musdb.list_tracks(data, "test")[0].name
     result = evaluate_mss(data, model_dir, out_dir=tmp_path, scorer="auto", progress=False,

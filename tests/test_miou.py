@@ -45,7 +45,7 @@ def test_class_absent_everywhere_is_nan_and_left_out_of_the_mean():
     assert cm.miou() == pytest.approx(0.25)  # mean over the 4 classes present
 
 
-def test_batches_equal_sum_of_images_and_merge():
+def test_batches_equal_sum_of_images():
     generator = torch.Generator().manual_seed(0)
     target = torch.randint(0, 5, (3, 7, 9), generator=generator)
     target[0, :2] = 255
@@ -55,8 +55,7 @@ def test_batches_equal_sum_of_images_and_merge():
     parts = [ConfusionMatrix(5) for _ in range(3)]
     for i, part in enumerate(parts):
         part.update(prediction[i], target[i])
-    merged = parts[0].merge(parts[1]).merge(parts[2])
-    assert torch.equal(merged.matrix, whole.matrix)
+    assert torch.equal(sum(part.matrix for part in parts), whole.matrix)
     assert int(whole.matrix.sum()) == 3 * 7 * 9 - 2 * 9
 
 
@@ -90,15 +89,13 @@ def test_against_brute_force_reference():
     assert cm.pixel_accuracy() == pytest.approx(np.mean(prediction[valid] == target[valid]))
 
 
-def test_empty_and_reset():
+def test_empty():
     cm = ConfusionMatrix(3)
     assert math.isnan(cm.miou()) and math.isnan(cm.pixel_accuracy())
     cm.update(torch.full((4, 4), 255), torch.full((4, 4), 255))  # everything ignored
     assert int(cm.matrix.sum()) == 0
     cm.update(torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long))
     assert cm.miou() == 1.0
-    cm.reset()
-    assert int(cm.matrix.sum()) == 0
 
 
 def test_format_table():

@@ -85,13 +85,12 @@ def test_estimates_are_padded_or_cut_and_bad_inputs_raise():
 def test_auto_falls_back_to_own_when_museval_is_missing(monkeypatch):
     refs = _song(seconds=2.0)
     monkeypatch.setattr(sdr, "museval_problem", lambda: "museval cannot be imported (no ffmpeg)")
-    assert not sdr.museval_available()
     assert sdr.score_track(refs, refs, SR, scorer="auto")["scorer"] == "own"
     with pytest.raises(D3NetError, match="ffmpeg"):
         sdr.score_track(refs, refs, SR, scorer="museval")
 
 
-@pytest.mark.skipif(not sdr.museval_available(), reason=f"museval unusable: {sdr.museval_problem()}")
+@pytest.mark.skipif(sdr.museval_problem(), reason=f"museval unusable: {sdr.museval_problem()}")
 def test_museval_scorer_agrees_with_own_sdr():
     # two mono sources keep museval's least-squares system small (2 x 512 unknowns)
     refs = {k: v[:1] for k, v in _song(seconds=3.0).items() if k in ("vocals", "bass")}
@@ -136,7 +135,7 @@ def test_json_round_trip_and_resume(tmp_path):
     assert sdr.load_results(tmp_path / "missing") == {}
     assert not list((tmp_path / "test").glob(".*part"))  # atomic write left no temp file
 
-    if sdr.museval_available():  # museval's own reader understands the file
+    if sdr.museval_problem() is None:  # museval's own reader understands the file
         from museval.aggregate import json2df
         df = json2df(json.loads(path.read_text()), "Artist - Song")
         assert set(df["target"]) == set(names)
@@ -179,7 +178,7 @@ def test_format_table_like_table_4():
 
 @pytest.mark.parametrize("scorer", ["own", "museval"])
 def test_silent_estimate_is_scored_alone(scorer):
-    if scorer == "museval" and not sdr.museval_available():
+    if scorer == "museval" and sdr.museval_problem():
         pytest.skip(f"museval unusable: {sdr.museval_problem()}")
     refs = {k: v[:1] for k, v in _song(seconds=3.0).items() if k in ("vocals", "bass", "drums")}
     ests = {"vocals": refs["vocals"] * 0.9, "bass": np.zeros_like(refs["bass"]),
@@ -202,7 +201,7 @@ def test_score_track_pads_or_cuts_estimates_before_the_accompaniment(scorer, cha
     """The issue's case: estimates of another length than the references raised a numpy
     broadcasting error once the accompaniment was summed. Longer, shorter and mixed
     lengths must score exactly like estimates padded / cut by hand."""
-    if scorer == "museval" and not sdr.museval_available():
+    if scorer == "museval" and sdr.museval_problem():
         pytest.skip(f"museval unusable: {sdr.museval_problem()}")
     refs = {k: v[:1] for k, v in _song(seconds=2.0).items()}  # mono keeps museval quick
     n = refs["vocals"].shape[1]
@@ -253,7 +252,7 @@ def test_vocals_alone_are_scored_against_the_accompaniment(scorer):
     """The issue's case: a vocals-only model got vocals SIR "-" (vocals scored with no
     interferer). They are scored in museval's vocals/accompaniment scenario instead, and
     the table's footer says so."""
-    if scorer == "museval" and not sdr.museval_available():
+    if scorer == "museval" and sdr.museval_problem():
         pytest.skip(f"museval unusable: {sdr.museval_problem()}")
     song = {k: v[:1] for k, v in _song(seconds=3.0).items()}
     accompaniment = song["drums"] + song["bass"] + song["other"]

@@ -225,24 +225,24 @@ def test_find_images(tmp_path):
 
 # ----------------------------------------------------------------------------- model files
 
-def test_from_file_accepts_file_and_run_folder(model, tmp_path):
+def test_from_pretrained_accepts_file_and_run_folder(model, tmp_path):
     save(model, tmp_path / "run" / "model.safetensors")
     image = torch.randn(1, 3, 32, 48)
     expected = Segmenter(model).predict_proba(image)
     for where in (tmp_path / "run", tmp_path / "run" / "model.safetensors"):
-        torch.testing.assert_close(Segmenter.from_file(where).predict_proba(image), expected)
+        torch.testing.assert_close(Segmenter.from_pretrained(where).predict_proba(image), expected)
     (tmp_path / "empty").mkdir()
     with pytest.raises(D3NetError, match="no segmentation model found.*model.safetensors"):
         Segmenter.from_pretrained(tmp_path / "empty")
     with pytest.raises(D3NetError, match="not found"):
-        Segmenter.from_file(tmp_path / "nope.safetensors")
+        Segmenter.from_pretrained(tmp_path / "nope.safetensors")
 
 
-def test_from_file_refuses_a_music_model(tmp_path):
+def test_from_pretrained_refuses_a_music_model(tmp_path):
     from d3net.models import d3net_mss
     save(d3net_mss(small=True), tmp_path / "vocals.safetensors")
     with pytest.raises(D3NetError, match="not a segmentation model"):
-        Segmenter.from_file(tmp_path / "vocals.safetensors")
+        Segmenter.from_pretrained(tmp_path / "vocals.safetensors")
 
 
 # ----------------------------------------------------------------------------- CLI

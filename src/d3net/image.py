@@ -33,13 +33,10 @@ LABEL_ID_TO_TRAIN_ID: dict[int, int] = {
     7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
     24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
 }
-#: Inverse table; ignore (255) becomes label id 0 ("unlabeled").
-TRAIN_ID_TO_LABEL_ID: dict[int, int] = {t: i for i, t in LABEL_ID_TO_TRAIN_ID.items()}
-
 _LABEL_TO_TRAIN_LUT = np.full(256, IGNORE_INDEX, dtype=np.uint8)
 _LABEL_TO_TRAIN_LUT[list(LABEL_ID_TO_TRAIN_ID)] = list(LABEL_ID_TO_TRAIN_ID.values())
-_TRAIN_TO_LABEL_LUT = np.zeros(256, dtype=np.uint8)
-_TRAIN_TO_LABEL_LUT[list(TRAIN_ID_TO_LABEL_ID)] = list(TRAIN_ID_TO_LABEL_ID.values())
+_TRAIN_TO_LABEL_LUT = np.zeros(256, dtype=np.uint8)  # ignore becomes 0 ("unlabeled")
+_TRAIN_TO_LABEL_LUT[list(LABEL_ID_TO_TRAIN_ID.values())] = list(LABEL_ID_TO_TRAIN_ID)
 
 #: EXIF tag holding how a camera's stored pixels must be turned for display (1 = as stored,
 #: 2..8 = mirrored and/or turned by 90, 180 or 270 degrees).
@@ -57,13 +54,8 @@ ImageLike = Union[Image.Image, np.ndarray]
 
 
 def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
-    """Map official Cityscapes label ids (0..33, as in ``*_labelIds.png``) to train ids.
-
-    Args:
-        label_ids: integer array of any shape with values in 0..255.
-    Returns:
-        uint8 array of the same shape: 0..18, or 255 for classes not evaluated.
-    """
+    """Official Cityscapes label ids (0..33, as in ``*_labelIds.png``; any shape, values in
+    0..255) -> uint8 train ids of the same shape: 0..18, or 255 for classes not evaluated."""
     return _LABEL_TO_TRAIN_LUT[np.asarray(label_ids).astype(np.intp, copy=False)]
 
 
@@ -75,15 +67,12 @@ def train_ids_to_label_ids(train_ids: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- reading
 
 def read_image(path: PathLike) -> Image.Image:
-    """Open and decode an image file the way image viewers show it.
+    """Open and decode an image file (label PNGs included) the way image viewers show it.
 
-    The one function through which d3net reads images: for inference
-    (:class:`d3net.segment.Segmenter`), training data and evaluation
-    (:mod:`d3net.data.cityscapes`), label PNGs included. An EXIF orientation (phone photos
-    are often stored landscape with "turn 90 degrees" in their EXIF) is applied with
-    Pillow's ``ImageOps.exif_transpose``, so that labels and overlays line up with the photo
-    as every viewer displays it. An image without one is returned as decoded (no copy): the
-    check reads a tag Pillow has already parsed.
+    An EXIF orientation (phone photos are often stored landscape with "turn 90 degrees" in
+    their EXIF) is applied with Pillow's ``ImageOps.exif_transpose``, so that labels and
+    overlays line up with the photo as every viewer displays it. An image without one is
+    returned as decoded (no copy).
 
     Raises:
         D3NetError: naming the file, when it is missing, a folder or not a readable image.
@@ -169,78 +158,47 @@ def image_to_array(image: ImageLike) -> np.ndarray:
     ``(H, W, 4)``. Anything else raises :class:`D3NetError`.
     """
     if isinstance(image, Image.Image):
-        return _pil_to_array(image)
-    if isinstance(image, np.ndarray):
-        return _numpy_to_array(image)
-    raise D3NetError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
-
-
-def _pil_to_array(image: Image.Image) -> np.ndarray:
-    mode = image.mode
-    if mode in ("RGB", "RGBA", "RGBX"):
-        array = np.asarray(image)[..., :3]
-    elif mode in ("L", "LA", "1"):
-        gray = np.asarray(image.convert("L"))
-        array = np.repeat(gray[..., None], 3, axis=2)
-    elif mode in ("P", "PA"):
-        # Through RGBA so that palette transparency is dropped without a warning.
-        array = np.asarray(image.convert("RGBA"))[..., :3]
-    elif mode in ("CMYK", "YCbCr"):
-        array = np.asarray(image.convert("RGB"))
-    elif mode.startswith("I;16") or mode == "I":
-        values = np.asarray(image)
-        if values.ndim != 2:
-            raise D3NetError(f"unsupported {mode} image with shape {values.shape}")
-        if values.size and (values.min() < 0 or values.max() > 65535):
-            raise D3NetError(f"unsupported image mode {mode}: values outside the 16-bit "
-                             f"range 0..65535 ({values.min()}..{values.max()})")
-        gray = values.astype(np.float32) / 257.0
-        return np.repeat(gray[..., None], 3, axis=2)
-    else:
-        raise D3NetError(f"unsupported image mode {mode!r}; use RGB, RGBA, grayscale (L), "
-                         "16-bit grayscale (I;16) or palette (P) images")
-    return array.astype(np.float32)
-
-
-def _numpy_to_array(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.uint8:
-        scale = 1.0
-    elif array.dtype == np.uint16:
-        scale = 1.0 / 257.0
-    else:
-        raise D3NetError(f"image arrays must be uint8 or uint16, got {array.dtype} "
+        mode = image.mode
+        if mode.startswith("I;16") or mode == "I":
+            image = np.asarray(image)
+            if image.ndim != 2:
+                raise D3NetError(f"unsupported {mode} image with shape {image.shape}")
+            if image.size and (image.min() < 0 or image.max() > 65535):
+                raise D3NetError(f"unsupported image mode {mode}: values outside the 16-bit "
+                                 f"range 0..65535 ({image.min()}..{image.max()})")
+            return np.repeat(image.astype(np.float32)[..., None] / 257.0, 3, axis=2)
+        if mode in ("P", "PA"):
+            # Through RGBA so that palette transparency is dropped without a warning.
+            image = image.convert("RGBA")
+        elif mode not in ("RGB", "RGBA", "RGBX", "L", "LA", "1", "CMYK", "YCbCr"):
+            raise D3NetError(f"unsupported image mode {mode!r}; use RGB, RGBA, grayscale (L), "
+                             "16-bit grayscale (I;16) or palette (P) images")
+        return np.asarray(image.convert("RGB"), dtype=np.float32)
+    if not isinstance(image, np.ndarray):
+        raise D3NetError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise D3NetError(f"image arrays must be uint8 or uint16, got {image.dtype} "
                          "(float arrays are ambiguous: 0..1 or 0..255?)")
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+    scale = 1.0 if image.dtype == np.uint8 else 1.0 / 257.0
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
         raise D3NetError(f"image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
-                         f"got shape {array.shape}")
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
-    return array[..., :3].astype(np.float32) * scale
+                         f"got shape {image.shape}")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return image[..., :3].astype(np.float32) * scale
 
 
 def normalize_image(image: ImageLike, mean: Sequence[float] = CITYSCAPES_MEAN,
                     std: Sequence[float] = CITYSCAPES_STD) -> torch.Tensor:
-    """Turn an image into the network's input: ``(x - mean) / std`` in 0..255 units.
-
-    Args:
-        image: PIL image or numpy array, any mode :func:`image_to_array` accepts.
-        mean, std: per-channel statistics (RGB order), in 0..255 units.
-    Returns:
-        float32 tensor ``(3, height, width)``.
-    """
+    """The network's input, float32 ``(3, height, width)`` ``(x - mean) / std``, from an image
+    :func:`image_to_array` accepts; ``mean`` and ``std`` per RGB channel in 0..255 units."""
     array = image_to_array(image)
     tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
     return (tensor - mean_t) / std_t
-
-
-def image_rgb_uint8(image: ImageLike) -> np.ndarray:
-    """The image as the network saw it, as RGB uint8 ``(H, W, 3)`` (16-bit scaled down,
-    gray replicated, alpha dropped), for overlays."""
-    return np.clip(np.rint(image_to_array(image)), 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- writing
@@ -264,11 +222,9 @@ def write_outputs(image: ImageLike, labels: np.ndarray, out_dir: PathLike, stem:
         label_ids: also write Cityscapes label ids (only meaningful for a model of the
             19 Cityscapes classes).
 
-    Files: ``<stem>_trainIds.png`` (8-bit grayscale train ids), ``<stem>_labelIds.png``
-    (8-bit grayscale Cityscapes label ids 0..33, the file Cityscapes' evaluation scripts
-    and test server read as ``*_labelIds.png``; mapped with
-    :func:`train_ids_to_label_ids`) and ``<stem>_overlay.png`` (palette colours blended
-    over the image).
+    Files: 8-bit grayscale ``<stem>_trainIds.png`` and ``<stem>_labelIds.png`` (Cityscapes
+    label ids 0..33, which Cityscapes' scripts and test server read), and
+    ``<stem>_overlay.png`` (palette colours blended over the image).
     """
     out_dir = Path(out_dir)
     labels = np.ascontiguousarray(labels, dtype=np.uint8)
@@ -276,7 +232,9 @@ def write_outputs(image: ImageLike, labels: np.ndarray, out_dir: PathLike, stem:
         train_ids=out_dir / f"{stem}{TRAIN_IDS_SUFFIX}",
         label_ids=out_dir / f"{stem}{LABEL_IDS_SUFFIX}" if label_ids else None,
         overlay=out_dir / f"{stem}{OVERLAY_SUFFIX}")
-    blended = overlay(image_rgb_uint8(image), labels, alpha=alpha)
+    # the image as the network saw it (16-bit scaled down, gray replicated, alpha dropped)
+    rgb = np.clip(np.rint(image_to_array(image)), 0, 255).astype(np.uint8)
+    blended = overlay(rgb, labels, alpha=alpha)
     with contextlib.ExitStack() as renames:  # the image's files appear together, or none
         Image.fromarray(labels, mode="L").save(
             renames.enter_context(atomic_path(files.train_ids)), format="PNG")

@@ -49,26 +49,13 @@ def _as_label_array(label: LabelMap) -> np.ndarray:
     return label
 
 
-def _lookup_table(palette: np.ndarray) -> np.ndarray:
-    """A (256, 3) uint8 table: palette colours first, IGNORE_COLOR for everything else."""
-    table = np.empty((256, 3), dtype=np.uint8)
-    table[:] = IGNORE_COLOR
-    table[: len(palette)] = palette
-    return table
-
-
 def colorize(label: LabelMap, palette: np.ndarray = CITYSCAPES_PALETTE) -> np.ndarray:
-    """Paint a label map with the palette.
-
-    Args:
-        label: train ids, shape (height, width); 255 (ignore) and ids without a colour
-            are painted black.
-        palette: (classes, 3) uint8 colours, at most 256 rows.
-    Returns:
-        RGB image, shape (height, width, 3), uint8.
-    """
+    """Paint train ids ``(height, width)`` with ``palette`` (``(classes, 3)`` uint8, at most
+    256 rows): RGB uint8 ``(height, width, 3)``; 255 (ignore) and ids without a colour are
+    black."""
     label = _as_label_array(label)
-    table = _lookup_table(np.asarray(palette, dtype=np.uint8))
+    table = np.full((256, 3), IGNORE_COLOR, dtype=np.uint8)
+    table[: len(palette)] = np.asarray(palette, dtype=np.uint8)
     # Out-of-range ids (negative or >255) fall onto the ignore colour too.
     ids = np.where((label >= 0) & (label < 256), label, IGNORE_INDEX).astype(np.intp)
     return table[ids]
@@ -104,18 +91,3 @@ def overlay(image: np.ndarray | Image.Image, label: LabelMap, alpha: float = 0.5
     blended = np.where((label == IGNORE_INDEX)[..., None], image, np.rint(blended))
     return np.clip(blended, 0, 255).astype(np.uint8)
 
-
-def palette_image(label: LabelMap, palette: np.ndarray = CITYSCAPES_PALETTE) -> Image.Image:
-    """A palette ("P" mode) PIL image whose pixel values are the train ids.
-
-    Viewers show the class colours while programs reading the PNG get the ids back, as
-    with an 8-bit grayscale label PNG.
-    """
-    label = _as_label_array(label)
-    if label.size and (label.min() < 0 or label.max() > 255):
-        raise D3NetError(f"label ids must be in 0..255 to store in a PNG, got "
-                         f"{label.min()}..{label.max()}")
-    image = Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8))  # mode "L"
-    table = _lookup_table(np.asarray(palette, dtype=np.uint8))
-    image.putpalette(table.reshape(-1).tolist())  # "L" becomes "P", pixel values unchanged
-    return image

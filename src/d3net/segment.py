@@ -3,19 +3,14 @@
 Inference modes (the ``mode`` of :class:`Segmenter`):
 
 * ``"whole"``: the network sees the whole (rescaled) image at once, as the official
-  inference script does. D3Net is fully convolutional, so any size works; images smaller
-  than :data:`MIN_SIZE` pixels on a side are padded with the mean colour for the pass.
-* ``"slide"``: the network sees overlapping ``crop`` windows placed every ``stride``
-  pixels (the last row and column of windows are moved back to end at the border);
-  logits of overlapping windows are averaged. Bounds memory on large images.
+  inference script does; sides shorter than :data:`MIN_SIZE` are padded for the pass.
+* ``"slide"``: overlapping ``crop`` windows every ``stride`` pixels (the last row and
+  column of windows end at the border), their logits averaged. Bounds memory.
 
-Test-time augmentation: every scale in ``scales`` (the image is resized by that factor,
-half-pixel bilinear) and, with ``flip``, its mirror image, each give logits that are
-resized back to the input size; their softmax probabilities are averaged. ``tta=True``
-is the paper's test setting: scales 0.5, 0.75, 1.0, 1.25, 1.5, 1.75 and flipping.
-
-The official model returns the softmax in test mode, so :meth:`Segmenter.predict_proba`
-at one scale without flipping gives exactly the official output.
+Test-time augmentation: each scale (half-pixel bilinear resize) and, with ``flip``, its
+mirror image give logits resized back to the input size; their softmax probabilities are
+averaged. The official model returns the softmax in test mode, so one scale without
+flipping gives exactly the official output.
 """
 from __future__ import annotations
 
@@ -106,12 +101,10 @@ class Segmenter(nn.Module):
 
         Args:
             model: a weight name (``"official-d3net-s"``, the default, or
-                ``"official-d3net-l"``: Sony's weights, fetched and cached on first use), a
-                model file, a run folder (``FOLDER/model.safetensors``) or an official
-                ``.h5``.
+                ``"official-d3net-l"``: fetched and cached on first use), a model file, a
+                run folder (``FOLDER/model.safetensors``) or an official ``.h5``.
             device: where to run.
-            download_progress: show what is downloaded, with a progress bar (weight
-                names fetched for the first time).
+            download_progress: show downloads of weight names with a progress bar.
             **options: the other :class:`Segmenter` options.
 
         Raises:
@@ -120,13 +113,6 @@ class Segmenter(nn.Module):
         """
         network = load(model, task="seg", device=device, progress=download_progress)
         return cls(network, device=device, **options)
-
-    @classmethod
-    def from_file(cls, path: PathLike, device: Union[str, torch.device, None] = None,
-                  **options) -> "Segmenter":
-        """Alias of :meth:`from_pretrained` (kept for existing code): ``path`` may be any
-        segmentation model spec."""
-        return cls.from_pretrained(path, device=device, **options)
 
     @property
     def device(self) -> torch.device:
@@ -168,9 +154,10 @@ class Segmenter(nn.Module):
         probabilities: Optional[Tensor] = None
         with tqdm(total=total, desc="segmenting", unit="batch", disable=not self.progress,
                   leave=False) as bar:
+            step = self.batch_size if self.mode == "whole" else 1
             for scale, flipped in views:
-                for start in range(0, images.shape[0], self._images_per_step()):
-                    chunk = images[start:start + self._images_per_step()].to(self.device)
+                for start in range(0, images.shape[0], step):
+                    chunk = images[start:start + step].to(self.device)
                     logits = self._view_logits(chunk, scale, flipped, bar)
                     view = torch.softmax(logits.float(), dim=1).to(out_device)
                     if probabilities is None:
@@ -211,7 +198,10 @@ class Segmenter(nn.Module):
         if isinstance(image, (str, os.PathLike)):
             image = read_image(image)
         probabilities = self.predict_proba(self.normalize(image)).cpu()
-        return _labels_uint8(probabilities.argmax(0)), probabilities
+        labels = probabilities.argmax(0).numpy()
+        if labels.size and labels.max() > 255:
+            raise D3NetError(f"class id {int(labels.max())} does not fit an 8-bit label PNG")
+        return labels.astype(np.uint8), probabilities
 
     def segment_file(self, path: PathLike, out_dir: PathLike,
                      stem: Optional[str] = None, alpha: float = 0.5) -> SegmentationFiles:
@@ -272,9 +262,6 @@ class Segmenter(nn.Module):
         if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
             raise D3NetError(f"empty image batch of shape {tuple(images.shape)}")
         return images
-
-    def _images_per_step(self) -> int:
-        return self.batch_size if self.mode == "whole" else 1
 
     @staticmethod
     def _scaled(height: int, width: int, scale: float) -> Size:
@@ -351,9 +338,3 @@ class Segmenter(nn.Module):
                              f"{tuple(x.shape)}; expected (N, classes, H, W) logits")
         return logits[..., :height, :width]
 
-
-def _labels_uint8(labels: Tensor) -> np.ndarray:
-    array = labels.cpu().numpy()
-    if array.size and array.max() > 255:
-        raise D3NetError(f"class id {int(array.max())} does not fit an 8-bit label PNG")
-    return array.astype(np.uint8)

@@ -102,15 +102,13 @@ def unwrap(model: nn.Module) -> nn.Module:
 def atomic_path(path: PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
-    If the body raises (or the process dies), ``path`` is left untouched: either the old
-    file or nothing, never a half-written one. ``suffix`` defaults to the target's suffix so
-    libraries that infer a format from the extension keep working.
+    If the body raises (or the process dies), ``path`` is left untouched: the old file or
+    nothing, never a half-written one. ``suffix`` defaults to the target's, for libraries
+    that infer a format from the extension. As with ``cp``, a new file gets ``0o666`` less
+    the umask and a replaced file keeps its permission bits (the owner becomes the writer).
 
-    File modes: a new file gets ``0o666`` less the process umask (``-rw-r--r--`` under the
-    usual ``umask 022``), as files written with ``open(path, "w")`` or ``cp`` do. Replacing
-    an existing file keeps that file's permission bits, as ``cp`` onto an existing file
-    does (a file made group-writable or private by its owner stays so); the owner becomes
-    the writing user, since the new content is a new file renamed into place.
+    Raises:
+        D3NetError: from :func:`write_error`, when writing fails (disk full, device gone).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,15 +159,9 @@ def write_error(path: PathLike, error: BaseException) -> D3NetError:
 def check_writable(*folders: PathLike) -> None:
     """Check, before long work starts, that files can be written into every folder.
 
-    A folder need not exist yet: its nearest existing ancestor must be a folder in which
-    a file can be created. That folder gets one empty probe file, created and removed at
-    once (a fraction of a millisecond; each distinct folder is probed once). Creating a
-    file is the only reliable test: permission bits say nothing about read-only file
-    systems, ACLs or the root user.
-
-    Args:
-        folders: folders that output will be written into (for an output file, pass its
-            parent folder).
+    A folder need not exist yet: its nearest existing ancestor gets one empty probe file,
+    created and removed at once (each distinct folder once). Creating a file is the only
+    reliable test: permission bits say nothing about read-only file systems, ACLs or root.
 
     Raises:
         D3NetError: naming the folder and the reason (read-only file system, permission
@@ -215,15 +207,11 @@ def _nearest_existing(path: Path) -> Path:
 def check_unique_outputs(pairs: Iterable[Tuple[PathLike, str]],
                          hint: str = "rename one, or write them in separate runs with "
                                      "different output folders") -> None:
-    """Refuse, before any work, two inputs that would be written under one output name.
+    """Refuse, before any work, two inputs (``pairs``: ``(input file, output name)``) that
+    would be written under one output name; ``hint`` (what to do) ends the message.
 
-    Names that differ only in letter case collide too: on the case-insensitive file
-    systems of macOS and Windows one would overwrite the other. The same input given
-    twice is not a collision.
-
-    Args:
-        pairs: ``(input file, output name)`` for every input.
-        hint: what the user can do, appended to the message.
+    Names that differ only in letter case collide too (case-insensitive file systems of
+    macOS and Windows). The same input given twice is not a collision.
 
     Raises:
         D3NetError: naming both inputs and the output name.
@@ -232,11 +220,8 @@ def check_unique_outputs(pairs: Iterable[Tuple[PathLike, str]],
     for source, name in pairs:
         source = Path(source)
         identity = os.path.realpath(source)
-        key = name.casefold()
-        if key not in seen:
-            seen[key] = (source, name, identity)
-            continue
-        first, first_name, first_identity = seen[key]
+        first, first_name, first_identity = seen.setdefault(name.casefold(),
+                                                            (source, name, identity))
         if first_identity == identity:
             continue
         shared = name if first_name == name else \
@@ -248,10 +233,9 @@ def check_unique_outputs(pairs: Iterable[Tuple[PathLike, str]],
 def exact_float32() -> Iterator[None]:
     """Run CPU convolutions through PyTorch's native (im2col + BLAS) kernels, not oneDNN.
 
-    Used by ``compat="official"`` (:class:`d3net.separate.Separator`) and the benchmarks.
-    It is not needed for parity: with the official fixtures' calibrated weights both the
-    native kernels and oneDNN (PyTorch's default) reproduce every official output to 1e-4
-    relative (tests/test_convert.py runs both).
+    Used by ``compat="official"`` (:class:`d3net.separate.Separator`) and the benchmarks;
+    not needed for parity: both kernels reproduce every official output to 1e-4 relative
+    (tests/test_convert.py runs both).
     """
     with warnings.catch_warnings():
         # torch warns about oneDNN TF32 on Intel GPUs whenever these flags are set

@@ -11,8 +11,7 @@ from . import add_quiet
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("data", help="generate synthetic datasets")
-    sub = p.add_subparsers(dest="data_command", metavar="DATASET")
-    sub.required = True
+    sub = p.add_subparsers(dest="data_command", metavar="DATASET", required=True)
 
     m = sub.add_parser("synth-musdb", help="synthetic multitrack songs in the MUSDB18-HQ layout",
                        description="Write DIR/{train,test}/<track>/{mixture,drums,bass,other,"

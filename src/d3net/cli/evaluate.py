@@ -17,15 +17,10 @@ def register(subparsers) -> None:
         "evaluate", help="score a model on a dataset (SDR for music, mIoU for segmentation)",
         description="Evaluate a trained or converted model and print a table like the "
                     "paper's.")
-    tasks = p.add_subparsers(dest="task", metavar="TASK")
-    tasks.required = True
+    tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
     _register_mss(tasks)
     _register_seg(tasks)
 
-
-# ----------------------------------------------------------------------------------------
-# d3net evaluate mss
-# ----------------------------------------------------------------------------------------
 
 def _register_mss(tasks) -> None:
     p = tasks.add_parser(
@@ -70,10 +65,6 @@ def run_mss(args: argparse.Namespace) -> int:
         print(f"per-track scores: {os.path.join(args.out, args.subset)}")
     return 0
 
-
-# ----------------------------------------------------------------------------------------
-# d3net evaluate seg
-# ----------------------------------------------------------------------------------------
 
 def _register_seg(tasks) -> None:
     p = tasks.add_parser(

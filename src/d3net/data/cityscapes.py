@@ -12,7 +12,6 @@ The Cityscapes layout read here is the official one::
 """
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from ..errors import D3NetError
 from ..image import (CITYSCAPES_MEAN, CITYSCAPES_STD, IMAGE_EXTENSIONS, NUM_CLASSES, ImageLike,
                      image_to_array, normalize_image, read_image, read_label)
 from ..palette import IGNORE_INDEX
-from ..utils import parse_size
+from ..utils import PathLike, parse_size
 
 
 def _label_tensor(label: Optional[np.ndarray], size: tuple[int, int],
@@ -43,6 +42,7 @@ def _label_tensor(label: Optional[np.ndarray], size: tuple[int, int],
 
 # ----------------------------------------------------------------------- transforms
 
+@dataclass(frozen=True)
 class EvalTransform:
     """Normalise only: ``(image, label) -> (float (3, H, W), long (H, W))``.
 
@@ -50,41 +50,31 @@ class EvalTransform:
     ``ignore_index``.
     """
 
-    def __init__(self, mean: Sequence[float] = CITYSCAPES_MEAN,
-                 std: Sequence[float] = CITYSCAPES_STD, ignore_index: int = IGNORE_INDEX):
-        self.mean = tuple(mean)
-        self.std = tuple(std)
-        self.ignore_index = ignore_index
+    mean: Sequence[float] = CITYSCAPES_MEAN
+    std: Sequence[float] = CITYSCAPES_STD
+    ignore_index: int = IGNORE_INDEX
 
     def __call__(self, image: ImageLike,
                  label: Optional[np.ndarray] = None) -> tuple[torch.Tensor, torch.Tensor]:
         x = normalize_image(image, self.mean, self.std)
         return x, _label_tensor(label, tuple(x.shape[1:]), self.ignore_index)
 
-    def __repr__(self) -> str:
-        return f"EvalTransform(mean={self.mean}, std={self.std})"
-
 
 class TrainTransform:
     """The official training augmentation: random scale, random crop, flip, normalise.
 
-    What it computes: rescale both sides by one factor drawn uniformly from
-    ``scale_range`` (image bilinear with half-pixel centres, as
-    ``F.interpolate(..., align_corners=False)``; label nearest with the same centres);
-    pad bottom and right up to the crop size (image with the mean, i.e. 0 after
-    normalisation; label with ``ignore_index``); take a random ``crop`` = (height,
-    width) window; flip horizontally with probability 0.5; normalise with
-    ``mean``/``std`` (0..255 units).
+    Both sides are rescaled by one factor drawn uniformly from ``scale_range`` (image
+    bilinear with half-pixel centres, as ``F.interpolate(..., align_corners=False)``; label
+    nearest with the same centres), padded bottom and right up to ``crop`` = (height,
+    width) (image with the mean, i.e. 0 after normalisation; label with ``ignore_index``),
+    cropped at a random place, flipped horizontally with probability 0.5 and normalised
+    with ``mean``/``std`` (0..255 units). Only the crop window of the rescaled image is
+    computed (sampled from the original with ``grid_sample``), so a 2x scale of a
+    1024x2048 frame costs no more than the 512x1024 crop itself.
 
-    How: only the crop window of the rescaled image is ever computed (sampled straight
-    from the original with ``grid_sample``), so a 2x scale of a 1024x2048 frame costs
-    no more than the 512x1024 crop itself.
-
-    Randomness comes from ``generator`` when given, else from torch's global generator.
-    Leave ``generator`` unset for DataLoader workers: each worker gets its own global
-    seed, while one generator object would be copied into every worker and give all of
-    them the same augmentations. Pass one (or ``generator=`` per call) for reproducible
-    tests.
+    Randomness comes from ``generator`` (per call, else per transform), else from torch's
+    global generator. Leave it unset for DataLoader workers: each worker gets its own
+    global seed, while one generator object would be copied into every worker.
 
     Returns ``(image float32 (3, crop_h, crop_w), label int64 (crop_h, crop_w))``.
     """
@@ -139,14 +129,8 @@ class TrainTransform:
     def _resampled_window(self, pixels: torch.Tensor, label: torch.Tensor,
                           scaled: tuple[int, int], top: int, left: int,
                           window: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows ``top..top+h`` and columns ``left..left+w`` of the image and label rescaled
-        to ``scaled``, normalised; positions beyond the rescaled image are padding.
-
-        Args:
-            pixels: float (3, H, W) in 0..255; label: long (H, W).
-        Returns:
-            image float (3, h, w), label long (h, w).
-        """
+        """The ``window`` at ``(top, left)`` of the float (3, H, W) 0..255 image (normalised)
+        and long (H, W) label rescaled to ``scaled``; positions beyond them are padding."""
         height, width = pixels.shape[1:]
         rows = torch.arange(top, top + window[0], dtype=torch.float64)
         cols = torch.arange(left, left + window[1], dtype=torch.float64)
@@ -252,9 +236,10 @@ class CityscapesDataset(SegmentationDataset):
 
     Labels come from ``*_gtFine_labelTrainIds.png``; where only
     ``*_gtFine_labelIds.png`` exists, the official ids are converted to train ids with
-    :data:`d3net.image.LABEL_ID_TO_TRAIN_ID` (one warning per dataset says so). The ``test`` split,
-    whose labels Cityscapes does not publish, may have no label files: such images get
-    an all-ignore label. In other splits, an image without a label is an error.
+    :data:`d3net.image.LABEL_ID_TO_TRAIN_ID` (one warning per dataset says so). The
+    ``test`` split, whose labels Cityscapes does not publish, may have no label files:
+    such images get an all-ignore label. In other splits, an image without a label is an
+    error.
 
     Args:
         root: the folder holding ``leftImg8bit/`` and ``gtFine/``.
@@ -266,24 +251,11 @@ class CityscapesDataset(SegmentationDataset):
 
     IMAGE_SUFFIX = "_leftImg8bit.png"
 
-    def __init__(self, root: Union[str, os.PathLike], split: str = "train",
+    def __init__(self, root: PathLike, split: str = "train",
                  transform: Optional[Callable] = None, annotations: str = "gtFine",
                  num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX):
-        self.root = Path(root)
+        self.root = root = Path(root)
         self.split = split
-        samples = self._find_samples(self.root, split, annotations)
-        converted = sum(sample.label_ids for sample in samples)
-        if converted:
-            warnings.warn(
-                f"{converted} of {len(samples)} labels in {self.root / annotations / split} "
-                f"exist only as *_{annotations}_labelIds.png; converting the official label "
-                "ids to train ids with the Cityscapes table (cityscapesscripts' "
-                "createTrainIdLabelImgs writes the train-id files once for all)",
-                UserWarning, stacklevel=2)
-        super().__init__(samples, transform, num_classes, ignore_index)
-
-    @classmethod
-    def _find_samples(cls, root: Path, split: str, annotations: str) -> list[Sample]:
         if not root.is_dir():
             raise D3NetError(f"Cityscapes root {root} does not exist or is not a folder")
         image_root = root / "leftImg8bit"
@@ -294,14 +266,14 @@ class CityscapesDataset(SegmentationDataset):
             found = sorted(p.name for p in image_root.iterdir() if p.is_dir())
             raise D3NetError(f"no split {split!r} in {image_root} (found: "
                              f"{', '.join(found) or 'nothing'})")
-        images = sorted(image_dir.glob(f"*/*{cls.IMAGE_SUFFIX}"))
+        images = sorted(image_dir.glob(f"*/*{self.IMAGE_SUFFIX}"))
         if not images:
-            raise D3NetError(f"no images found: {image_dir} has no <city>/*{cls.IMAGE_SUFFIX}")
+            raise D3NetError(f"no images found: {image_dir} has no <city>/*{self.IMAGE_SUFFIX}")
 
         label_dir = root / annotations / split
         samples = []
         for image in images:
-            stem = image.name[: -len(cls.IMAGE_SUFFIX)]
+            stem = image.name[: -len(self.IMAGE_SUFFIX)]
             folder = label_dir / image.parent.name
             train_ids = folder / f"{stem}_{annotations}_labelTrainIds.png"
             label_ids = folder / f"{stem}_{annotations}_labelIds.png"
@@ -314,7 +286,14 @@ class CityscapesDataset(SegmentationDataset):
             else:
                 raise D3NetError(f"image {image} has no label: expected {train_ids} "
                                  f"(or {label_ids.name})")
-        return samples
+        converted = sum(sample.label_ids for sample in samples)
+        if converted:
+            warnings.warn(
+                f"{converted} of {len(samples)} labels in {label_dir} exist only as "
+                f"*_{annotations}_labelIds.png; converting the official label ids to train "
+                "ids with the Cityscapes table (cityscapesscripts' createTrainIdLabelImgs "
+                "writes the train-id files once for all)", UserWarning, stacklevel=2)
+        super().__init__(samples, transform, num_classes, ignore_index)
 
     def __repr__(self) -> str:
         return (f"CityscapesDataset(root={str(self.root)!r}, split={self.split!r}, "
@@ -326,15 +305,15 @@ class ImageFolderDataset(SegmentationDataset):
 
     ``images_dir`` is searched recursively; the label of ``images_dir/a/b/x.jpg`` is
     ``labels_dir/a/b/x<label_suffix>`` (``labels_dir`` may sit inside ``images_dir``, or be
-    the same folder when ``label_suffix`` tells labels apart). With ``image_suffix``, only files ending with it
-    are images and it is stripped to get the stem (e.g. ``image_suffix="_leftImg8bit.png"``,
-    ``label_suffix="_gtFine_labelTrainIds.png"``). Label PNGs hold train ids 0..C-1 and
-    255 for ignore, or official Cityscapes label ids with ``label_ids=True``. Without
-    ``labels_dir`` the images are unlabelled (all-ignore labels).
+    the same folder when ``label_suffix`` tells labels apart). With ``image_suffix``, only
+    files ending with it are images and it is stripped to get the stem (e.g.
+    ``image_suffix="_leftImg8bit.png"``, ``label_suffix="_gtFine_labelTrainIds.png"``).
+    Label PNGs hold train ids 0..C-1 and 255 for ignore, or official Cityscapes label ids
+    with ``label_ids=True``. Without ``labels_dir`` the images are unlabelled.
     """
 
-    def __init__(self, images_dir: Union[str, os.PathLike],
-                 labels_dir: Optional[Union[str, os.PathLike]] = None,
+    def __init__(self, images_dir: PathLike,
+                 labels_dir: Optional[PathLike] = None,
                  label_suffix: str = ".png", image_suffix: Optional[str] = None,
                  transform: Optional[Callable] = None, label_ids: bool = False,
                  num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX):

@@ -9,12 +9,10 @@ Layouts:
   ``musdb`` package (``pip install 'd3net[musdb]'``), which decodes with ffmpeg: an
   ``ffmpeg`` binary must be on the PATH.
 
-Validation split: MUSDB18 sets aside 14 of its 100 train tracks for validation
-(``validation_tracks`` in musdb's ``mus.yaml``, copied to :data:`VALIDATION_TRACKS`).
-``list_tracks(root, "train", split="train")`` leaves them out and ``split="valid"`` keeps
-only them. Track names that are not MUSDB18 names (e.g. synthetic songs) are never
-validation tracks, so ``split="valid"`` returns an empty list on such datasets unless
-``validation_tracks`` names some.
+Validation split (:func:`list_tracks`): MUSDB18 sets aside 14 of its 100 train tracks
+(``validation_tracks`` in musdb's ``mus.yaml``, copied to :data:`VALIDATION_TRACKS`). Other
+names (e.g. synthetic songs) are never validation tracks unless ``validation_tracks`` names
+them, so ``split="valid"`` is empty on such datasets.
 """
 from __future__ import annotations
 
@@ -62,10 +60,6 @@ VALIDATION_TRACKS = (
 """MUSDB18's official validation tracks (all from the train subset)."""
 
 
-# ----------------------------------------------------------------------------------------
-# tracks
-# ----------------------------------------------------------------------------------------
-
 @dataclass
 class MUSDBTrack:
     """One multitrack song whose sources are read on demand.
@@ -87,11 +81,6 @@ class MUSDBTrack:
     num_samples: int
     channels: int
     stem_file: bool = field(default=False, repr=False)
-
-    @property
-    def duration(self) -> float:
-        """Length in seconds."""
-        return self.num_samples / self.sample_rate
 
     def load(self, source: str = "mixture", start: int = 0,
              frames: int | None = None) -> np.ndarray:
@@ -169,15 +158,12 @@ def _wav_track(folder: Path, subset: str) -> MUSDBTrack:
     ref = infos["mixture"]
     for stem in TARGETS:
         info = infos[stem]
-        if info.samplerate != ref.samplerate:
-            raise D3NetError(f"track '{name}': stem '{stem}.wav' has sample rate "
-                             f"{info.samplerate} Hz but mixture.wav has {ref.samplerate} Hz")
-        if info.frames != ref.frames:
-            raise D3NetError(f"track '{name}': stem '{stem}.wav' has {info.frames} samples "
-                             f"but mixture.wav has {ref.frames}")
-        if info.channels != ref.channels:
-            raise D3NetError(f"track '{name}': stem '{stem}.wav' has {info.channels} channels "
-                             f"but mixture.wav has {ref.channels}")
+        for what, got, want in (("sample rate {} Hz", info.samplerate, ref.samplerate),
+                                ("{} samples", info.frames, ref.frames),
+                                ("{} channels", info.channels, ref.channels)):
+            if got != want:
+                raise D3NetError(f"track '{name}': stem '{stem}.wav' has {what.format(got)} "
+                                 f"but mixture.wav has {what.format(want)}")
     if ref.frames == 0:
         raise D3NetError(f"track '{name}': mixture.wav is empty")
     return MUSDBTrack(name, subset, paths, int(ref.samplerate), int(ref.frames), int(ref.channels))
@@ -268,25 +254,9 @@ def list_tracks(root: PathLike, subset: str = "train", split: str | None = None,
     return tracks
 
 
-# ----------------------------------------------------------------------------------------
-# datasets
-# ----------------------------------------------------------------------------------------
-
 def _check_target(target: str) -> None:
     if target not in DATASET_TARGETS:
         raise D3NetError(f"unknown target {target!r}: use one of {', '.join(DATASET_TARGETS)}")
-
-
-def _common(tracks: Sequence[MUSDBTrack], what: str) -> tuple[int, int]:
-    if not tracks:
-        raise D3NetError(f"{what}: no tracks")
-    rates = {t.sample_rate for t in tracks}
-    channels = {t.channels for t in tracks}
-    if len(rates) > 1:
-        raise D3NetError(f"{what}: tracks have different sample rates {sorted(rates)}")
-    if len(channels) > 1:
-        raise D3NetError(f"{what}: tracks have different channel counts {sorted(channels)}")
-    return rates.pop(), channels.pop()
 
 
 @dataclass(frozen=True)
@@ -310,17 +280,15 @@ class ExcerptDataset(torch.utils.data.Dataset):
     mixture is the sum of the augmented sources; the target is one of them (or drums +
     bass + other for ``accompaniment``).
 
-    Differences from the official code, all switchable: the official sampler draws a
-    separate offset per source even when sources come from one track; here offsets are
-    independent when ``independent_offsets`` is true, which defaults to ``random_tracks``
-    (set ``independent_offsets=True`` for the official behaviour with
-    ``random_tracks=False``). Tracks shorter than the excerpt are zero-padded at the end.
+    Differs from the official code, which draws an offset per source even when the sources
+    come from one track: here ``independent_offsets`` (default ``random_tracks``) decides.
+    Tracks shorter than the excerpt are zero-padded at the end.
 
     Randomness: item ``index`` of epoch ``e`` uses ``numpy.random.default_rng((seed, e,
-    index))`` only, so the items do not depend on worker count, DDP rank or iteration
-    order, and a resumed run sees the same data (call :meth:`set_epoch` at every epoch).
-    All random numbers are drawn whether or not an augmentation is enabled, so switching
-    one augmentation off does not change the others.
+    index))`` only, so the items do not depend on workers, DDP rank or iteration order, and
+    a resumed run sees the same data (call :meth:`set_epoch` at every epoch). All random
+    numbers are drawn whether or not an augmentation is on, so switching one off does not
+    change the others.
 
     Args:
         tracks: training tracks (same sample rate and channel count).
@@ -329,9 +297,7 @@ class ExcerptDataset(torch.utils.data.Dataset):
         samples_per_track: items per track per epoch (official: 64).
         gain_range: ``(low, high)`` random gain per source, or ``None`` for no gain.
         channel_swap: swap left/right per source with probability 1/2.
-        random_tracks: draw every source from an independently random track.
-        seed: base seed.
-        independent_offsets: draw an offset per source (default: ``random_tracks``).
+        random_tracks, independent_offsets, seed: see above; ``seed`` is the base seed.
 
     Items: ``(mixture, target)`` float32 tensors ``(channels, samples)``;
     :meth:`draw` tells which tracks, offsets, gains and swaps an item used.
@@ -344,7 +310,15 @@ class ExcerptDataset(torch.utils.data.Dataset):
                  independent_offsets: bool | None = None):
         _check_target(target)
         self.tracks = list(tracks)
-        self.sample_rate, self.channels = _common(self.tracks, "ExcerptDataset")
+        if not tracks:
+            raise D3NetError("ExcerptDataset: no tracks")
+        rates, channels = {t.sample_rate for t in tracks}, {t.channels for t in tracks}
+        if len(rates) > 1:
+            raise D3NetError(f"ExcerptDataset: tracks have different sample rates {sorted(rates)}")
+        if len(channels) > 1:
+            raise D3NetError("ExcerptDataset: tracks have different channel counts "
+                             f"{sorted(channels)}")
+        self.sample_rate, self.channels = rates.pop(), channels.pop()
         if excerpt_seconds <= 0 or samples_per_track < 1:
             raise D3NetError("excerpt_seconds must be > 0 and samples_per_track >= 1, got "
                              f"{excerpt_seconds} and {samples_per_track}")
@@ -368,13 +342,6 @@ class ExcerptDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.tracks) * self.samples_per_track
-
-    def _excerpt(self, track: MUSDBTrack, source: str, offset: int) -> np.ndarray:
-        frames = min(self.excerpt_samples, track.num_samples - offset)
-        audio = track.load(source, offset, frames)
-        if frames < self.excerpt_samples:
-            audio = np.pad(audio, ((0, 0), (0, self.excerpt_samples - frames)))
-        return audio
 
     def draw(self, index: int) -> list[ExcerptDraw]:
         """The random choices behind item ``index`` of the current epoch, one per source."""
@@ -402,7 +369,11 @@ class ExcerptDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         sources = {}
         for d in self.draw(index):
-            audio = self._excerpt(self.tracks[d.track], d.source, d.offset)
+            track = self.tracks[d.track]
+            frames = min(self.excerpt_samples, track.num_samples - d.offset)
+            audio = track.load(d.source, d.offset, frames)
+            if frames < self.excerpt_samples:  # a track shorter than the excerpt
+                audio = np.pad(audio, ((0, 0), (0, self.excerpt_samples - frames)))
             if d.gain != 1.0:
                 audio = audio * np.float32(d.gain)
             sources[d.source] = audio[::-1] if d.swap else audio
@@ -434,10 +405,6 @@ class FullTrackDataset(torch.utils.data.Dataset):
         track = self.tracks[index]
         return (torch.from_numpy(track.load("mixture")), torch.from_numpy(track.load(self.target)))
 
-
-# ----------------------------------------------------------------------------------------
-# input statistics
-# ----------------------------------------------------------------------------------------
 
 def _mono_magnitudes(track: MUSDBTrack, start: int, stop: int, n_fft: int, hop: int,
                      chunk_frames: int) -> Iterable[np.ndarray]:

@@ -1,14 +1,10 @@
 """Confusion matrix, per-class IoU and mean IoU for semantic segmentation.
 
-Convention: IoU of class c is ``TP / (TP + FP + FN)`` accumulated over the whole
-dataset (not averaged per image). A class that appears in neither the ground truth nor
-the prediction has no IoU (NaN); mIoU is the mean over the classes that have one, i.e.
-classes present in the ground truth *or* the prediction. A class predicted somewhere but
-absent from the ground truth therefore counts with IoU 0. This is what the official
-Cityscapes script does (it averages the classes whose IoU is defined); on the full
-Cityscapes val set every class occurs, so it is the plain mean over the 19 classes.
-Pixels whose ground truth is ``ignore_index`` are left out entirely, whatever was
-predicted there.
+IoU of class c is ``TP / (TP + FP + FN)`` accumulated over the whole dataset (not averaged
+per image). mIoU is the mean over the classes present in the ground truth *or* the
+prediction (the others have no IoU), so a class predicted but absent from the ground truth
+counts with IoU 0, as in the official Cityscapes script; on the full Cityscapes val set
+every class occurs. Pixels whose ground truth is ``ignore_index`` are left out entirely.
 """
 from __future__ import annotations
 
@@ -25,8 +21,8 @@ class ConfusionMatrix:
     """Accumulates a ``(classes, classes)`` confusion matrix: rows are ground truth,
     columns are predictions.
 
-    ``matrix`` is an int64 tensor; under DDP call :meth:`all_reduce` on every rank to sum
-    the ranks' matrices before reading the scores (or add ``.matrix`` tensors yourself).
+    ``matrix`` is an int64 tensor (matrices of several parts add up); under DDP call
+    :meth:`all_reduce` on every rank to sum the ranks' matrices before reading the scores.
     Without ``device``, the matrix moves to the device of the first batch counted, so
     GPU predictions are counted on the GPU.
     """
@@ -39,9 +35,6 @@ class ConfusionMatrix:
         self.ignore_index = ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
         self._follow_input_device = device is None
-
-    def reset(self) -> None:
-        self.matrix.zero_()
 
     @torch.no_grad()
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
@@ -82,14 +75,6 @@ class ConfusionMatrix:
         counts = torch.bincount(target * c + prediction, minlength=c * c)
         self.matrix += counts.view(c, c)
 
-    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
-        """Add another matrix's counts into this one (e.g. gathered from another rank)."""
-        if other.num_classes != self.num_classes:
-            raise D3NetError(f"cannot merge confusion matrices of {other.num_classes} and "
-                             f"{self.num_classes} classes")
-        self.matrix += other.matrix.to(self.matrix.device)
-        return self
-
     def all_reduce(self) -> "ConfusionMatrix":
         """Sum the matrices of all DDP ranks in place; a no-op outside torch.distributed.
 
@@ -105,7 +90,6 @@ class ConfusionMatrix:
             self.matrix.copy_(matrix)
         return self
 
-    # ------------------------------------------------------------------- scores
     def _counts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         matrix = self.matrix.to(torch.float64)
         true_positive = matrix.diagonal()

@@ -1,17 +1,10 @@
 """Evaluate a separation model on a MUSDB18(-HQ)-layout subset, as SiSEC / Table 4.
 
-Every track is separated with :class:`d3net.separate.Separator` (the official inference:
-patches, channel flip, one Wiener iteration), scored with
-:func:`d3net.evaluate.sdr.score_track` (museval's BSSEval v4 when it can be imported,
-else the project's own framewise SDR, and the result says which), and summarised as the
-median over 1 s frames, then the median over tracks, for vocals, drums, bass, other,
-accompaniment and their average. Per-track scores go to ``out_dir/<subset>/<track>.json``
-in museval's format, with a record of what produced them (:func:`provenance`: the
-fingerprint of every model, the separation options, the scorer and its version, the d3net
-version). A track whose file is already there is skipped, so an interrupted evaluation
-resumes where it stopped, but only when that record equals the current one: a file
-produced by another model, other options or another scorer (or with no record) is refused
-with one line, or recomputed and replaced with ``overwrite=True``.
+Every track is separated with :class:`d3net.separate.Separator` (the official inference),
+scored with :func:`d3net.evaluate.sdr.score_track` and summarised as the median over 1 s
+frames, then over tracks. Per-track scores are stored with a record of what produced them
+(:func:`provenance`), so an interrupted evaluation resumes only with the same models,
+options and scorer.
 """
 from __future__ import annotations
 
@@ -58,22 +51,6 @@ class MSSEvaluation:
         """The summary table: SDR only with the own scorer, all four metrics with museval."""
         metrics = sdr.METRICS if self.scorer == "museval" else ("SDR",)
         return sdr.format_table(self.table, metrics=metrics)
-
-
-def resolve_scorer(scorer: str = "auto") -> tuple[str, Optional[str]]:
-    """``(scorer, note)``: the scorer to use and, when ``auto`` falls back to the own SDR,
-    one line saying why."""
-    if scorer not in ("auto", "museval", "own"):
-        raise D3NetError(f"scorer must be 'auto', 'museval' or 'own', got {scorer!r}")
-    problem = sdr.museval_problem() if scorer in ("auto", "museval") else None
-    if scorer == "museval" and problem:
-        raise D3NetError(problem)
-    if scorer == "auto":
-        if problem:
-            return "own", (f"{problem}; scoring with d3net's own SDR instead (SIR, ISR and SAR "
-                           "are not computed; figures are close to, not equal to, museval's)")
-        return "museval", None
-    return scorer, None
 
 
 def provenance(separator, scorer: str) -> dict:
@@ -159,7 +136,7 @@ def evaluate_mss(root: PathLike, model: PathLike, subset: str = "test",
         if missing:
             raise D3NetError(f"no track(s) {', '.join(missing)} in {Path(root) / subset}")
         tracks = [t for t in tracks if t.name in set(track_names)]
-    used, note = resolve_scorer(scorer)
+    used, note = sdr.resolve_scorer(scorer)
     if out_dir is not None:
         # e.g. a folder 'X' next to 'X.stem.mp4', or 'X' and 'x': one JSON file for two tracks
         check_unique_outputs(
@@ -170,10 +147,7 @@ def evaluate_mss(root: PathLike, model: PathLike, subset: str = "test",
                                           wiener_iterations=wiener_iterations,
                                           download_progress=progress)
     record = provenance(separator, used)
-    if note:
-        say(note)
-    else:
-        say(f"scoring with {used}")
+    say(note or f"scoring with {used}")
 
     done: Dict[str, dict] = {}
     recomputed: List[str] = []
@@ -192,7 +166,7 @@ def evaluate_mss(root: PathLike, model: PathLike, subset: str = "test",
                 raise D3NetError(f"{path}: not reused because {problem}; pass --overwrite "
                                  "to recompute and replace it, or use another --out folder")
     pending = [t for t in tracks if t.name not in done]
-    skipped = [t.name for t in tracks if t.name in done]
+    skipped = list(done)
     if skipped:
         say(f"{len(skipped)} of {len(tracks)} track(s) already scored in {out_dir} by the "
             "same models and options: reused")
@@ -200,7 +174,7 @@ def evaluate_mss(root: PathLike, model: PathLike, subset: str = "test",
         say(f"{len(recomputed)} track(s) in {out_dir} were scored by other models or options: "
             "recomputing them")
 
-    results = {name: done[name] for name in skipped}
+    results = dict(done)
     for track in tqdm(pending, desc=f"evaluating {subset}", unit="track", disable=not progress):
         results[track.name] = _score_track(separator, track, used, progress, say)
         results[track.name]["provenance"] = record
@@ -235,5 +209,4 @@ def _score_track(separator, track: musdb.MUSDBTrack, scorer: str, progress: bool
                            accompaniment=False)
 
 
-__all__ = ["MSSEvaluation", "SEPARATION_OPTIONS", "evaluate_mss", "provenance",
-           "resolve_scorer"]
+__all__ = ["MSSEvaluation", "SEPARATION_OPTIONS", "evaluate_mss", "provenance"]

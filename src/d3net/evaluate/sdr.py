@@ -1,49 +1,34 @@
-"""Source separation scores: museval's BSSEval v4 or a plain numpy SDR, and Table-4 summaries.
+"""Source separation scores (museval's BSSEval v4 or a plain numpy SDR) and Table-4 summaries.
 
-Two scorers:
+Two scorers (:func:`score_track`):
 
-* ``"museval"``: BSSEval v4 (``museval.evaluate``, "images" metrics, distortion filters
-  over the whole track, 1 s windows with a 1 s hop), the metric MUSDB18 results are
-  reported in. Like the official D3Net evaluation (``museval.eval_mus_track`` on the four
-  estimates), the sources are scored together; ``accompaniment`` is scored together
-  with ``vocals`` as a second scenario (museval's vocals/accompaniment scenario). Vocals
-  keep their scores from the sources scored together when there are several; a vocals
-  estimate alone (a vocals-only model) has no interferer there (no SIR), so it takes its
-  scores from the vocals/accompaniment scenario, as museval users of two-stem models
-  expect. The result records which sources each target was scored with
-  (``"scenarios"``), and :func:`format_table` says so under the table.
-  ``museval`` imports ``musdb`` -> ``stempeg``, which
-  raises at import time when no ``ffmpeg`` binary is on the PATH:
-  :func:`museval_available` reports that.
-* ``"own"``: per 1 s frame ``10 log10(||s||^2 / ||s - s_hat||^2)`` summed over channels
-  (a tiny ``eps`` keeps a perfect estimate finite). BSSEval v4's "images" SDR is exactly
-  this ratio (its distortion filters only split the error into spatial, interference
-  and artifact parts), so both scorers give the same SDR up to rounding; SIR, ISR and
-  SAR need those projections and are NaN with this scorer. It is fast, where museval
-  solves a ``(sources x channels x 512)``-square linear system per source and takes
-  tens of seconds or more per track.
-
-Lengths: every estimate is padded with zeros or cut to its reference's length before
-anything else (the accompaniment is derived afterwards); references must share one length
-and each estimate must have its reference's channel count, otherwise one
-:class:`~d3net.errors.D3NetError` says which.
+* ``"museval"``: BSSEval v4 (``museval.evaluate``, "images" metrics), the metric MUSDB18
+  results are reported in. As in the official D3Net evaluation (``museval.eval_mus_track``
+  on the four estimates) the sources are scored together, and ``accompaniment`` together
+  with ``vocals`` (museval's vocals/accompaniment scenario). A vocals estimate alone (a
+  vocals-only model) has no interferer (no SIR), so it takes its scores from that pair.
+  Results record who was scored with whom (``"scenarios"``); :func:`format_table` says so.
+  museval imports ``stempeg``, which raises when no ``ffmpeg`` binary is on the PATH:
+  :func:`museval_problem` says why museval cannot be used.
+* ``"own"``: per frame ``10 log10(||s||^2 / ||s - s_hat||^2)`` summed over channels (a tiny
+  ``eps`` keeps a perfect estimate finite). BSSEval v4's "images" SDR is exactly this ratio
+  (its distortion filters only split the error into spatial, interference and artifact
+  parts), so both scorers give the same SDR up to rounding; SIR, ISR and SAR are NaN. It
+  is fast, where museval solves a ``(sources x channels x 512)``-square system per source.
 
 Frames follow museval: ``floor((samples - win) / hop) + 1`` full windows (one window when
-the track is shorter than ``win``). As in museval, a frame is NaN for all sources scored
-together when any of their references or estimates is silent (all zeros) in it; medians
-ignore NaN frames. A target whose reference or estimate is silent over the whole track
-(BSSEval refuses it; an untrained model may output zeros) is scored alone with the own
-SDR (0 dB for a silent estimate) and does not void the others' frames.
+the track is shorter than ``win``). A frame is NaN for all sources scored together when
+any of their references or estimates is silent in it; medians ignore NaN frames. A target
+silent over the whole track (BSSEval refuses it; an untrained model may output zeros) is
+scored alone with the own SDR (0 dB for a silent estimate).
 
 Caveat: on band-limited, noise-free synthetic references museval's least-squares filters
-are ill-conditioned, so its SIR / ISR / SAR can be meaningless there while its SDR (which
-does not depend on the filters) stays exact.
+are ill-conditioned, so its SIR / ISR / SAR can be meaningless there while its SDR stays
+exact.
 
-Per-track results are written in museval's JSON format (``{"targets": [{"name",
-"frames": [{"time", "duration", "metrics": {"SDR", "SIR", "SAR", "ISR"}}]}],
-"museval_version"}``, values rounded to 5 decimals, NaN for undefined frames), with extra
-top-level keys ``scorer``, ``track`` and ``sample_rate``; museval's ``EvalStore`` and our
-:func:`load_track_json` both read them.
+Per-track files are museval's JSON format (values rounded to 5 decimals, NaN for undefined
+frames) with extra top-level keys (``scorer``, ``track``, ``sample_rate``, ...); museval's
+``EvalStore`` and :func:`load_track_json` both read them.
 """
 from __future__ import annotations
 
@@ -71,10 +56,6 @@ _HEADERS = {"vocals": "Vocals", "drums": "Drums", "bass": "Bass", "other": "Othe
 _OWN_EPS = 1e-10
 
 
-# ----------------------------------------------------------------------------------------
-# museval availability
-# ----------------------------------------------------------------------------------------
-
 @functools.lru_cache(maxsize=1)
 def museval_problem() -> str | None:
     """``None`` when museval imports, else one line saying why not and what to do."""
@@ -88,11 +69,6 @@ def museval_problem() -> str | None:
         return (f"museval cannot be imported ({type(error).__name__}: {first}); it needs an "
                 "ffmpeg binary on the PATH (e.g. apt-get install ffmpeg)")
     return None
-
-
-def museval_available() -> bool:
-    """Whether museval (and the ffmpeg binary it needs at import time) is usable."""
-    return museval_problem() is None
 
 
 def _museval_version() -> str:
@@ -110,9 +86,25 @@ def scorer_version(scorer: str) -> str:
     return f"d3net {__version__}"
 
 
-# ----------------------------------------------------------------------------------------
-# scoring one track
-# ----------------------------------------------------------------------------------------
+def resolve_scorer(scorer: str = "auto") -> tuple[str, str | None]:
+    """``(scorer, note)``: the scorer to use and, when ``auto`` falls back to the own SDR,
+    one line saying why.
+
+    Raises:
+        D3NetError: an unknown scorer, or ``"museval"`` when museval cannot be imported.
+    """
+    if scorer not in ("auto", "museval", "own"):
+        raise D3NetError(f"scorer must be 'auto', 'museval' or 'own', got {scorer!r}")
+    problem = museval_problem() if scorer != "own" else None
+    if scorer == "museval" and problem:
+        raise D3NetError(problem)
+    if scorer == "auto":
+        if problem:
+            return "own", (f"{problem}; scoring with d3net's own SDR instead (SIR, ISR and SAR "
+                           "are not computed; figures are close to, not equal to, museval's)")
+        return "museval", None
+    return scorer, None
+
 
 def _frames(samples: int, win: int, hop: int) -> list[slice]:
     if win >= samples:
@@ -134,15 +126,11 @@ def own_sdr(reference: np.ndarray, estimate: np.ndarray, win: int, hop: int) -> 
     reference = _audio(reference, "reference")
     estimate = _fit(_audio(estimate, "estimate"), reference, "estimate")
     values = []
-    for frame in _frames(reference.shape[-1], win, hop):
-        ref = reference[:, frame].astype(np.float64)
-        err = ref - estimate[:, frame].astype(np.float64)
-        energy = float(np.sum(ref ** 2))
-        if energy == 0.0:
-            values.append(math.nan)
-        else:
-            error = float(np.sum(err ** 2))
-            values.append(10.0 * math.log10((energy + _OWN_EPS) / (error + _OWN_EPS)))
+    for frame in _frames(reference.shape[-1], win, hop):  # both float64 (_audio)
+        energy = float(np.sum(reference[:, frame] ** 2))
+        error = float(np.sum((reference[:, frame] - estimate[:, frame]) ** 2))
+        values.append(math.nan if energy == 0.0 else
+                      10.0 * math.log10((energy + _OWN_EPS) / (error + _OWN_EPS)))
     return np.array(values)
 
 
@@ -231,7 +219,7 @@ def _museval_group(refs: dict[str, np.ndarray], ests: dict[str, np.ndarray], nam
 def score_track(references: Mapping[str, np.ndarray], estimates: Mapping[str, np.ndarray],
                 sample_rate: int = 44100, scorer: str = "auto", accompaniment: bool = True,
                 win_seconds: float = 1.0, hop_seconds: float = 1.0) -> dict:
-    """Score the estimates of one track.
+    """Score the estimates of one track (see the module docstring).
 
     Args:
         references: target name -> true ``(channels, samples)`` audio (1-D = mono), all of
@@ -257,12 +245,7 @@ def score_track(references: Mapping[str, np.ndarray], estimates: Mapping[str, np
             ``(channels, samples)``; references of different lengths; an estimate with
             another channel count than its reference; no target in common.
     """
-    if scorer not in ("auto", "museval", "own"):
-        raise D3NetError(f"scorer must be 'auto', 'museval' or 'own', got {scorer!r}")
-    if scorer == "auto":
-        scorer = "museval" if museval_available() else "own"
-    elif scorer == "museval" and not museval_available():
-        raise D3NetError(museval_problem())
+    scorer, _ = resolve_scorer(scorer)
     refs, ests = _prepare(references, estimates, accompaniment)
     win, hop = int(round(win_seconds * sample_rate)), int(round(hop_seconds * sample_rate))
     if win < 1 or hop < 1:
@@ -312,10 +295,6 @@ def _nanmedian(values) -> float:
     values = values[~np.isnan(values)]
     return float(np.median(values)) if values.size else math.nan
 
-
-# ----------------------------------------------------------------------------------------
-# museval JSON files, resumable evaluation
-# ----------------------------------------------------------------------------------------
 
 def _q(value: float) -> float:
     return round(float(value), 5) if math.isfinite(value) else math.nan
@@ -385,10 +364,6 @@ def load_results(out_dir: PathLike) -> dict[str, dict]:
     return results
 
 
-# ----------------------------------------------------------------------------------------
-# summaries
-# ----------------------------------------------------------------------------------------
-
 @dataclass
 class ScoreTable:
     """Median over frames, then median over tracks, per metric and column.
@@ -439,12 +414,10 @@ def _cell(value: float) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
-def format_table(table: ScoreTable, metrics: Iterable[str] = ("SDR",),
-                 label: str | None = None) -> str:
+def format_table(table: ScoreTable, metrics: Iterable[str] = ("SDR",)) -> str:
     """A Markdown table like the paper's Table 4: one row per metric (dB)."""
-    header = ["Metric (dB)" if label is None else label] + [_HEADERS[c] for c in COLUMNS]
-    rows = [[m if label is None else f"{label} {m}"] + [_cell(table.values[m][c]) for c in COLUMNS]
-            for m in metrics]
+    header = ["Metric (dB)"] + [_HEADERS[c] for c in COLUMNS]
+    rows = [[m] + [_cell(table.values[m][c]) for c in COLUMNS] for m in metrics]
     note = (f"median over 1 s frames, then over {table.num_tracks} track"
             f"{'s' if table.num_tracks != 1 else ''}; scorer: {', '.join(table.scorers) or '-'}")
     scenarios = scenario_note(table)
@@ -479,8 +452,8 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 
 
 __all__ = [
-    "METRICS", "COLUMNS", "museval_available", "museval_problem", "own_sdr", "score_track",
+    "METRICS", "COLUMNS", "museval_problem", "own_sdr", "score_track",
     "track_json_path", "save_track_json", "load_track_json", "load_results",
     "ScoreTable", "summarize", "format_table", "scenario_note",
-    "scorer_version",
+    "scorer_version", "resolve_scorer",
 ]

@@ -1,11 +1,6 @@
-"""Cityscapes-style evaluation of a segmentation model: confusion matrix and mIoU.
-
-Every image of a split is segmented at its full resolution (whole image or sliding
-windows, optionally with multi-scale + flip test-time augmentation, see
-:class:`d3net.segment.Segmenter`) and compared with its train-id label; pixels labelled 255
-are ignored. The scores are accumulated over the whole split
-(:class:`d3net.evaluate.miou.ConfusionMatrix`), as the official Cityscapes script does.
-"""
+"""Cityscapes-style evaluation of a segmentation model: every image of a split segmented at
+full resolution by :class:`d3net.segment.Segmenter`, counted into one
+:class:`d3net.evaluate.miou.ConfusionMatrix` (255 ignored), as the official script does."""
 from __future__ import annotations
 
 import os
@@ -62,7 +57,9 @@ def evaluate_seg(root: Union[PathLike, torch.utils.data.Dataset],
     indices = list(range(len(dataset)))
     if limit is not None:
         indices = indices[:max(0, int(limit))]
-    rank, world = _rank_world(distributed)
+    rank, world = 0, 1
+    if distributed and dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
     indices = indices[rank::world]
 
     matrix = ConfusionMatrix(segmenter.num_classes)
@@ -123,9 +120,3 @@ def _dataset(root, split: str, segmenter: Segmenter):
         raise D3NetError(f"{Path(root) / 'gtFine' / split}: the {split} split has no labels to "
                          "score against (Cityscapes publishes none for test)")
     return _Normalised(dataset, segmenter)
-
-
-def _rank_world(distributed: bool) -> tuple:
-    if distributed and dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
