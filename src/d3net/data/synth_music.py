@@ -1,35 +1,17 @@
 """Synthetic multitrack songs in the MUSDB18-HQ layout: the whole pipeline without a download.
 
-Every song is composed and rendered from one integer seed with numpy and scipy only:
+Every song is composed and rendered from one integer seed with numpy and scipy only: a
+tempo (sometimes swung), key, scale and chord progression shared by four stems. **drums**:
+a synthesised kit on a groove with ghost notes and fills; **bass**: a low-passed,
+band-limited line on the chord roots; **other**: one to three of a detuned pad, an arpeggio
+and piano-like stabs; **vocals**: a sung melody in phrases, a glottal-like source with
+portamento and vibrato through time-varying formant resonators (one vowel per syllable),
+plus breath and consonants. A small Schroeder room on vocals and other, random stem levels
+and a random overall level make songs differ in space, balance and loudness.
 
-* a tempo (80-140 BPM, sometimes swung), a key, a scale (major, minor, dorian, mixolydian,
-  harmonic minor) and a chord progression of one chord per bar or per two bars;
-* **drums**: a kit of synthesised hits on a groove: kick (sine with a falling pitch and a
-  click), snare (noise burst plus a tone), closed and open hi-hats (metallic square
-  partials and noise, high-passed), crash, toms in fills; velocities, ghost notes, swing;
-* **bass**: a line on the chord roots (with fifths, octaves and passing notes) in a
-  rhythm pattern, a band-limited saw / square / warm tone through a low-pass filter;
-* **other**: one to three accompaniment parts among a detuned pad, an arpeggio and
-  piano-like chord stabs, each with its own timbre, envelope and panning;
-* **vocals**: a sung lead melody in phrases with rests: a band-limited glottal-like
-  source with portamento, scoops, delayed vibrato and pitch drift, shaped by five
-  time-varying formant resonators (one vowel per syllable, smooth transitions), breath
-  noise and a few fricative / plosive consonants.
-
-A synthetic room (a small Schroeder reverberator) on vocals and other, random stem levels
-and a random overall level make songs differ in space, balance and loudness. Each stem is
-``(2, samples)`` float32 in [-1, 1]; the mixture is the exact float32 sum of the stems in
-:data:`~d3net.configs.TARGETS` order, also within [-1, 1].
-
-Written files are 16-bit PCM by default (as MUSDB18-HQ). The stems are quantised first and
-the mixture is the integer sum of the quantised stems, so ``mixture.wav`` equals the sum of
-the four stem files exactly, and nothing clips.
-
-Dataset split: :func:`generate_dataset` puts the last ``max(1, round(0.2 * tracks))``
-songs in ``test`` and the others in ``train`` (at least one of each), unless ``subsets``
-gives the counts. Song ``i`` of a dataset made with seed ``s`` is rendered from
-:func:`song_seed(s, i) <song_seed>`, a hash of ``(s, i)``, so small integer seeds passed to
-:func:`generate_song` directly (as the demo does) are not training songs.
+Song ``i`` of a dataset made with seed ``s`` is rendered from :func:`song_seed(s, i)
+<song_seed>`, a hash of ``(s, i)``, so small integer seeds passed to :func:`generate_song`
+directly (as the demo does) are not training songs.
 """
 from __future__ import annotations
 
@@ -90,28 +72,30 @@ _MELODY_STEP_WEIGHTS = (0.02, 0.02, 0.12, 0.3, 0.1, 0.3, 0.1, 0.02, 0.02)
 _TABLE_SIZE = 4096
 
 
-# ----------------------------------------------------------------------------------------
-# small DSP helpers
-# ----------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------- small DSP helpers
+
+# Harmonic amplitudes of classic waveforms, for harmonic numbers ``k`` (1, 2, ...).
+_HARMONICS = {
+    "saw": lambda k: 1.0 / k,
+    "square": lambda k: np.where(k % 2 == 1, 1.0 / k, 0.0),
+    "triangle": lambda k: np.where(k % 2 == 1, np.where(k % 4 == 1, 1.0, -1.0) / k ** 2, 0.0),
+    "warm": lambda k: 1.0 / k ** 2.2,  # a rounder tone: strong fundamental, steep roll-off
+}
+
 
 def midi_to_hz(midi) -> np.ndarray:
     """Frequency in Hz of a (possibly fractional) MIDI note number."""
     return 440.0 * 2.0 ** ((np.asarray(midi, dtype=np.float64) - 69.0) / 12.0)
 
 
-def _pan_gains(pan: float) -> tuple[float, float]:
-    """Constant-power gains (left, right) for ``pan`` in [-1 (left), 1 (right)]."""
-    angle = (pan + 1.0) * math.pi / 4.0
-    return math.cos(angle), math.sin(angle)
-
-
 def _pan(mono: np.ndarray, pan: float, out: np.ndarray | None = None) -> np.ndarray:
-    """Stereo ``(2, samples)`` image of ``mono``; added into ``out`` when given."""
-    left, right = _pan_gains(pan)
+    """Constant-power stereo ``(2, samples)`` image of ``mono`` for ``pan`` in [-1 (left),
+    1 (right)]; added into ``out`` when given."""
+    angle = (pan + 1.0) * math.pi / 4.0
     if out is None:
         out = np.zeros((2, mono.shape[-1]))
-    out[0] += mono * left
-    out[1] += mono * right
+    out[0] += mono * math.cos(angle)
+    out[1] += mono * math.sin(angle)
     return out
 
 
@@ -123,27 +107,12 @@ def _wavetable(amplitudes: np.ndarray) -> np.ndarray:
     return table.astype(np.float32)
 
 
-def _harmonics(kind: str, count: int) -> np.ndarray:
-    """Harmonic amplitudes of classic waveforms, ``count`` harmonics (band-limited)."""
-    k = np.arange(1, max(count, 1) + 1, dtype=np.float64)
-    if kind == "saw":
-        return 1.0 / k
-    if kind == "square":
-        return np.where(k % 2 == 1, 1.0 / k, 0.0)
-    if kind == "triangle":
-        odd = k % 2 == 1
-        sign = np.where(k % 4 == 1, 1.0, -1.0)
-        return np.where(odd, sign / k ** 2, 0.0)
-    if kind == "warm":  # a rounder tone: strong fundamental, steep roll-off
-        return 1.0 / k ** 2.2
-    raise ValueError(kind)
-
-
 def _band_limited_table(kind: str, max_hz: float, sample_rate: int,
                         max_harmonics: int = 40) -> np.ndarray:
-    """Wavetable with as many harmonics as stay below 0.45 x the sample rate at ``max_hz``."""
+    """Wavetable of a :data:`_HARMONICS` waveform with as many harmonics as stay below
+    0.45 x the sample rate at ``max_hz``."""
     count = int(min(max_harmonics, max(1, 0.45 * sample_rate // max(max_hz, 1.0))))
-    return _wavetable(_harmonics(kind, count))
+    return _wavetable(_HARMONICS[kind](np.arange(1, count + 1, dtype=np.float64)))
 
 
 def _oscillator(table: np.ndarray, freq, samples: int, sample_rate: int,
@@ -155,17 +124,13 @@ def _oscillator(table: np.ndarray, freq, samples: int, sample_rate: int,
     return table[index]
 
 
-def _sos(kind: str, cutoff, sample_rate: int, order: int = 2) -> np.ndarray:
-    """Butterworth filter in second-order sections; cutoffs are kept below Nyquist."""
-    nyquist = sample_rate / 2.0
+def _filter(x: np.ndarray, kind: str, cutoff, sample_rate: int, order: int = 2) -> np.ndarray:
+    """Butterworth filter along the last axis; cutoffs are kept below Nyquist."""
     cutoff = np.clip(np.asarray(cutoff, dtype=np.float64), 20.0, 0.45 * sample_rate)
     if kind == "bandpass" and cutoff[0] >= cutoff[1] * 0.9:
         cutoff = np.array([cutoff[1] * 0.5, cutoff[1]])
-    return signal.butter(order, cutoff / nyquist, btype=kind, output="sos")
-
-
-def _filter(x: np.ndarray, kind: str, cutoff, sample_rate: int, order: int = 2) -> np.ndarray:
-    return signal.sosfilt(_sos(kind, cutoff, sample_rate, order), x, axis=-1)
+    sos = signal.butter(order, cutoff / (sample_rate / 2.0), btype=kind, output="sos")
+    return signal.sosfilt(sos, x, axis=-1)
 
 
 def _adsr(gate: int, sample_rate: int, attack: float, decay: float, sustain: float,
@@ -184,12 +149,9 @@ def _adsr(gate: int, sample_rate: int, attack: float, decay: float, sustain: flo
 
 def _add(out: np.ndarray, start: int, chunk: np.ndarray) -> None:
     """``out[..., start:start+len] += chunk``, clipped to the bounds of ``out``."""
-    n = out.shape[-1]
-    if start >= n or start + chunk.shape[-1] <= 0:
-        return
-    lo = max(start, 0)
-    hi = min(start + chunk.shape[-1], n)
-    out[..., lo:hi] += chunk[..., lo - start:hi - start]
+    lo, hi = max(start, 0), min(start + chunk.shape[-1], out.shape[-1])
+    if lo < hi:
+        out[..., lo:hi] += chunk[..., lo - start:hi - start]
 
 
 def _rms(x: np.ndarray) -> float:
@@ -229,44 +191,37 @@ def _allpass(x: np.ndarray, delay: int, gain: float) -> np.ndarray:
     return y.ravel()[:len(x)]
 
 
-@dataclass
-class _Room:
-    """A small Schroeder reverberator: parallel combs then all-passes, per channel."""
-    combs: list[list[int]]       # delays in samples, per channel
-    allpasses: list[list[int]]
-    rt60: float
-    predelay: int
-    brightness: float            # low-pass cutoff of the tail, Hz
-    sample_rate: int
+def _room(rng: np.random.Generator, sample_rate: int):
+    """A random small Schroeder reverberator (parallel combs then all-passes, per channel).
+    Returns ``tail(dry)``: the reverberation of a ``(2, samples)`` signal at the dry RMS."""
+    size = rng.uniform(0.8, 1.3)
+    spread = rng.uniform(0.3, 0.8)  # ms between left and right delays: stereo width
+    rt60 = rng.uniform(0.4, 1.6)
+    predelay = int(rng.uniform(0.005, 0.03) * sample_rate)
+    brightness = rng.uniform(2500, 7000)  # low-pass cutoff of the tail, Hz
+    comb_ms = np.array([25.3, 26.9, 28.9, 30.7]) * size
+    allpass_ms = np.array([12.6, 7.7])
 
-    @classmethod
-    def random(cls, rng: np.random.Generator, sample_rate: int) -> "_Room":
-        size = rng.uniform(0.8, 1.3)
-        comb_ms = np.array([25.3, 26.9, 28.9, 30.7])
-        allpass_ms = np.array([12.6, 7.7])
-        spread = rng.uniform(0.3, 0.8)  # ms between left and right delays: stereo width
-        to_samples = lambda ms: [int(v * sample_rate / 1000) for v in ms]  # noqa: E731
-        return cls(
-            combs=[to_samples(comb_ms * size), to_samples(comb_ms * size + spread)],
-            allpasses=[to_samples(allpass_ms), to_samples(allpass_ms + spread / 2)],
-            rt60=float(rng.uniform(0.4, 1.6)),
-            predelay=int(rng.uniform(0.005, 0.03) * sample_rate),
-            brightness=float(rng.uniform(2500, 7000)), sample_rate=sample_rate)
+    def delays(ms: np.ndarray) -> list[int]:
+        return [int(v * sample_rate / 1000) for v in ms]
 
-    def tail(self, dry: np.ndarray) -> np.ndarray:
-        """Reverberation of a stereo ``(2, samples)`` signal, scaled to the dry RMS."""
+    channels = [(delays(comb_ms), delays(allpass_ms)),
+                (delays(comb_ms + spread), delays(allpass_ms + spread / 2))]
+
+    def tail(dry: np.ndarray) -> np.ndarray:
         mono = dry.mean(0)
         out = []
-        for combs, allpasses in zip(self.combs, self.allpasses):
-            acc = sum(_comb(mono, d, 10 ** (-3 * d / (self.rt60 * self.sample_rate)))
-                      for d in combs)
+        for combs, allpasses in channels:
+            acc = sum(_comb(mono, d, 10 ** (-3 * d / (rt60 * sample_rate))) for d in combs)
             for d in allpasses:
                 acc = _allpass(acc, d, 0.5)
             out.append(acc)
-        tail = _filter(np.stack(out), "lowpass", self.brightness, self.sample_rate, order=1)
-        tail = np.concatenate([np.zeros((2, self.predelay)), tail], axis=1)[:, :dry.shape[1]]
-        level = _rms(tail)
-        return tail * (_rms(dry) / level) if level > 0 else tail
+        wet = _filter(np.stack(out), "lowpass", brightness, sample_rate, order=1)
+        wet = np.concatenate([np.zeros((2, predelay)), wet], axis=1)[:, :dry.shape[1]]
+        level = _rms(wet)
+        return wet * (_rms(dry) / level) if level > 0 else wet
+
+    return tail
 
 
 # ----------------------------------------------------------------------------------------
@@ -810,7 +765,7 @@ def _render_song(seed: int, seconds: float, sample_rate: int) -> tuple[dict[str,
     rng_plan, rng_drums, rng_bass, rng_other, rng_vocals, rng_mix = (
         np.random.default_rng(c) for c in children)
     plan = _make_plan(rng_plan, seconds, sample_rate)
-    room = _Room.random(rng_mix, sample_rate)
+    room = _room(rng_mix, sample_rate)
 
     drums = _render_drums(plan, rng_drums)
     bass = _render_bass(plan, rng_bass)
@@ -822,7 +777,7 @@ def _render_song(seed: int, seconds: float, sample_rate: int) -> tuple[dict[str,
     stems = {"vocals": vocals, "drums": drums, "bass": bass, "other": other}
     wet = {"vocals": rng_mix.uniform(0.15, 0.5), "other": rng_mix.uniform(0.15, 0.6)}
     for name, amount in wet.items():
-        stems[name] = stems[name] + amount * room.tail(stems[name])
+        stems[name] = stems[name] + amount * room(stems[name])
     balance_db = {"vocals": rng_mix.uniform(-1, 4), "drums": rng_mix.uniform(-2, 2),
                   "bass": rng_mix.uniform(-3, 2), "other": rng_mix.uniform(-4, 1)}
     for name in TARGETS:
