@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -224,9 +224,7 @@ def _room(rng: np.random.Generator, sample_rate: int):
     return tail
 
 
-# ----------------------------------------------------------------------------------------
-# the musical plan shared by all stems
-# ----------------------------------------------------------------------------------------
+# ------------------------------------------------- the musical plan shared by all stems
 
 @dataclass
 class _Plan:
@@ -241,11 +239,6 @@ class _Plan:
     sevenths: bool
     bars: int
     step: float                   # sixteenth note, in samples
-    chord_degrees: list[int] = field(default_factory=list)  # one per bar
-
-    @property
-    def scale(self) -> tuple[int, ...]:
-        return SCALES[self.scale_name]
 
     def onset(self, bar: int, step: int) -> int:
         """Sample index of sixteenth ``step`` (may exceed 15) of ``bar``, with swing."""
@@ -256,11 +249,11 @@ class _Plan:
     def degree_semitones(self, degree: int) -> int:
         """Semitones above the tonic of a (possibly > 6 or negative) scale degree."""
         octave, index = divmod(degree, 7)
-        return self.scale[index] + 12 * octave
+        return SCALES[self.scale_name][index] + 12 * octave
 
     def chord(self, bar: int, size: int = 3) -> list[int]:
         """Semitones above the tonic of the chord tones of ``bar`` (stacked thirds)."""
-        degree = self.chord_degrees[bar]
+        degree = self.progression[(bar // self.bars_per_chord) % len(self.progression)]
         return [self.degree_semitones(degree + 2 * j) for j in range(size)]
 
     def in_range(self, semitones: int, low: int) -> int:
@@ -274,20 +267,15 @@ def _make_plan(rng: np.random.Generator, seconds: float, sample_rate: int) -> _P
     swing = float(rng.uniform(0.08, 0.2)) if rng.random() < 0.25 else 0.0
     step = 60.0 / bpm / 4.0 * sample_rate
     bars = int(math.ceil(samples / (16 * step))) + 1
-    plan = _Plan(
+    return _Plan(
         sample_rate=sample_rate, samples=samples, bpm=bpm, swing=swing,
         key=int(rng.integers(12)), scale_name=str(rng.choice(list(SCALES))),
         progression=PROGRESSIONS[rng.integers(len(PROGRESSIONS))],
         bars_per_chord=int(rng.choice([1, 2], p=[0.65, 0.35])),
         sevenths=bool(rng.random() < 0.4), bars=bars, step=step)
-    plan.chord_degrees = [plan.progression[(bar // plan.bars_per_chord) % len(plan.progression)]
-                          for bar in range(bars)]
-    return plan
 
 
-# ----------------------------------------------------------------------------------------
-# drums
-# ----------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------- drums
 
 def _decay(decay: float, sr: int, length: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
     """Times and an exponential decay envelope lasting ``length`` time constants; a
@@ -359,12 +347,11 @@ def _render_drums(plan: _Plan, rng: np.random.Generator) -> np.ndarray:
         "crash": [_crash(rng, sr)],
     }
     tom_base = rng.uniform(80, 110)
-    toms = [_tom(rng, sr, tom_base * r) for r in (2.0, 1.5, 1.0)]
+    kit["tom"] = [_tom(rng, sr, tom_base * r) for r in (2.0, 1.5, 1.0)]  # high, mid, floor
     pans = {"kick": 0.0, "snare": rng.uniform(-0.1, 0.1), "hat": rng.uniform(-0.5, 0.5),
             "open": rng.uniform(-0.5, 0.5), "crash": rng.uniform(-0.6, 0.6)}
-    tom_pans = (-0.4, 0.0, 0.4)
     levels = {"kick": 1.0, "snare": rng.uniform(0.6, 0.9), "hat": rng.uniform(0.3, 0.6),
-              "open": rng.uniform(0.25, 0.45), "crash": rng.uniform(0.25, 0.4)}
+              "open": rng.uniform(0.25, 0.45), "crash": rng.uniform(0.25, 0.4), "tom": 0.8}
 
     kick_pattern = KICK_PATTERNS[rng.integers(len(KICK_PATTERNS))]
     snare_pattern = SNARE_PATTERNS[rng.integers(len(SNARE_PATTERNS))]
@@ -378,7 +365,7 @@ def _render_drums(plan: _Plan, rng: np.random.Generator) -> np.ndarray:
 
     def hit(name: str, bar: int, step: int, velocity: float) -> None:
         at = plan.onset(bar, step) + int(rng.normal(0.0, jitter + 1e-9))
-        hits.append((name, int(rng.integers(len(kit.get(name, toms)))), at, velocity))
+        hits.append((name, int(rng.integers(len(kit[name]))), at, velocity))
 
     for bar in range(plan.bars):
         fill = bar % 4 == 3 and rng.random() < 0.5
@@ -407,30 +394,25 @@ def _render_drums(plan: _Plan, rng: np.random.Generator) -> np.ndarray:
             hit("crash", bar, 0, rng.uniform(0.8, 1.0))
         if fill:
             if rng.random() < 0.5:
-                for i, s in enumerate(range(12, 16)):
-                    hits.append(("tom", min(i * 3 // 4, 2), plan.onset(bar, s),
-                                 rng.uniform(0.7, 1.0)))
+                for s, tom in zip(range(12, 16), (0, 0, 1, 2)):
+                    hits.append(("tom", tom, plan.onset(bar, s), rng.uniform(0.7, 1.0)))
             else:
                 for s in range(12, 16):
                     hit("snare", bar, s, 0.5 + 0.12 * (s - 12))
 
     buses: dict[tuple[str, int], np.ndarray] = {}
     for name, variant, at, velocity in hits:
-        key = (name, variant if name == "tom" else 0)
+        key = (name, variant if name == "tom" else 0)  # each tom has its own place
         if key not in buses:
             buses[key] = np.zeros(n)
-        sample = toms[variant] if name == "tom" else kit[name][variant]
-        level = 0.8 if name == "tom" else levels[name]
-        _add(buses[key], at, sample * (velocity * level))
+        _add(buses[key], at, kit[name][variant] * (velocity * levels[name]))
     out = np.zeros((2, n))
     for (name, variant), bus in buses.items():
-        _pan(bus, tom_pans[variant] if name == "tom" else pans[name], out=out)
+        _pan(bus, (-0.4, 0.0, 0.4)[variant] if name == "tom" else pans[name], out=out)
     return out
 
 
-# ----------------------------------------------------------------------------------------
-# bass
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------- bass
 
 def _render_bass(plan: _Plan, rng: np.random.Generator) -> np.ndarray:
     sr, n = plan.sample_rate, plan.samples
@@ -468,9 +450,7 @@ def _render_bass(plan: _Plan, rng: np.random.Generator) -> np.ndarray:
     return _pan(out, rng.uniform(-0.05, 0.05))
 
 
-# ----------------------------------------------------------------------------------------
-# other: pad, arpeggio, piano-like stabs
-# ----------------------------------------------------------------------------------------
+# ----------------------------------------------- other: pad, arpeggio, piano-like stabs
 
 def _voicing(plan: _Plan, bar: int, low: int) -> list[int]:
     size = 4 if plan.sevenths else 3
@@ -558,9 +538,7 @@ def _render_other(plan: _Plan, rng: np.random.Generator) -> tuple[np.ndarray, li
     return out, chosen
 
 
-# ----------------------------------------------------------------------------------------
-# vocals
-# ----------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------- vocals
 
 @dataclass
 class _Note:
@@ -746,9 +724,7 @@ def _render_vocals(plan: _Plan, rng: np.random.Generator
     return _pan(voice, rng.uniform(-0.05, 0.05)), f0, notes
 
 
-# ----------------------------------------------------------------------------------------
-# songs and datasets
-# ----------------------------------------------------------------------------------------
+# ------------------------------------------------------------------- songs and datasets
 
 def _check_args(seconds: float, sample_rate: int) -> None:
     if not seconds > 0:
