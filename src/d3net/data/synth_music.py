@@ -637,9 +637,8 @@ def _formant_sos(freqs: np.ndarray, bandwidths: np.ndarray, sr: int) -> np.ndarr
     return sos
 
 
-def _render_vocals(plan: _Plan, rng: np.random.Generator
-                   ) -> tuple[np.ndarray, np.ndarray, list[_Note]]:
-    """Returns the stereo vocals, the f0 contour (Hz, per sample) and the notes."""
+def _render_vocals(plan: _Plan, rng: np.random.Generator) -> tuple[np.ndarray, list[_Note]]:
+    """Returns the stereo vocals and the notes they sing."""
     sr, n = plan.sample_rate, plan.samples
     high_voice = rng.random() < 0.5
     low = int(rng.integers(55, 60)) if high_voice else int(rng.integers(45, 50))
@@ -647,7 +646,7 @@ def _render_vocals(plan: _Plan, rng: np.random.Generator
     tract = rng.uniform(1.1, 1.2) if high_voice else rng.uniform(0.95, 1.05)
     notes = _compose_melody(plan, rng, low, high)
     if not notes:
-        return np.zeros((2, n)), np.full(n, midi_to_hz(low)), notes
+        return np.zeros((2, n)), notes
     f0 = _f0_contour(plan, rng, notes)
 
     # glottal-like source: band-limited sawtooth-ish spectrum with a random tilt
@@ -721,7 +720,7 @@ def _render_vocals(plan: _Plan, rng: np.random.Generator
             length = int(rng.uniform(0.006, 0.015) * sr)
             burst = rng.standard_normal(length) * np.exp(-np.arange(length) / (0.003 * sr))
             _add(voice, onset - length // 2, burst * rng.uniform(0.3, 0.6))
-    return _pan(voice, rng.uniform(-0.05, 0.05)), f0, notes
+    return _pan(voice, rng.uniform(-0.05, 0.05)), notes
 
 
 # ------------------------------------------------------------------- songs and datasets
@@ -746,7 +745,7 @@ def _render_song(seed: int, seconds: float, sample_rate: int) -> tuple[dict[str,
     drums = _render_drums(plan, rng_drums)
     bass = _render_bass(plan, rng_bass)
     other, other_parts = _render_other(plan, rng_other)
-    vocals, f0, notes = _render_vocals(plan, rng_vocals)
+    vocals, notes = _render_vocals(plan, rng_vocals)
 
     # the room (vocals and other parts; the kit and the bass stay dry), then the balance
     # of the stems in dB around unit RMS
@@ -800,10 +799,8 @@ def generate_song(seed: int, seconds: float = 20.0,
 def mix(stems: dict[str, np.ndarray]) -> np.ndarray:
     """The mixture of a song: the float32 sum of the stems in
     :data:`~d3net.configs.TARGETS` order."""
-    total = np.zeros_like(stems[TARGETS[0]], dtype=np.float32)
-    for name in TARGETS:
-        total = total + stems[name].astype(np.float32)
-    return total
+    return sum((stems[name].astype(np.float32) for name in TARGETS),
+               np.zeros_like(stems[TARGETS[0]], dtype=np.float32))
 
 
 def song_seed(dataset_seed: int, index: int) -> int:
@@ -820,23 +817,14 @@ def split_counts(tracks: int) -> dict[str, int]:
     return {"train": tracks - test, "test": test}
 
 
-def _write_wav(path: Path, audio: np.ndarray, sample_rate: int, subtype: str) -> None:
-    """Write ``(channels, samples)`` audio atomically (int16 written verbatim for PCM_16)."""
-    with atomic_path(path) as tmp:
-        sf.write(str(tmp), audio.T, sample_rate, subtype=subtype, format="WAV")
-
-
 def _to_file_samples(stems: dict[str, np.ndarray], subtype: str) -> dict[str, np.ndarray]:
-    """Stems and their mixture as the exact sample values to write (sum is exact)."""
+    """Stems and their mixture as the exact sample values to write. For PCM_16 the
+    mixture is the integer sum of the quantised stems (it cannot clip: peaks are <= 0.95)."""
     if subtype == "PCM_16":
         ints = {k: np.clip(np.round(v.astype(np.float64) * 32768), -32768, 32767).astype(np.int32)
                 for k, v in stems.items()}
-        total = sum(ints[s] for s in TARGETS)
-        if np.abs(total).max() > 32767:
-            raise AssertionError("mixture would clip")  # impossible: peaks are <= 0.95
-        out = {k: v.astype(np.int16) for k, v in ints.items()}
-        out["mixture"] = total.astype(np.int16)
-        return out
+        ints["mixture"] = sum(ints[s] for s in TARGETS)
+        return {k: v.astype(np.int16) for k, v in ints.items()}
     if subtype == "FLOAT":
         out = {k: v.astype(np.float32) for k, v in stems.items()}
         out["mixture"] = mix(out)
@@ -850,13 +838,13 @@ def generate_dataset(out: PathLike, tracks: int = 10, seconds: float = 20.0, see
     """Write a synthetic dataset in the MUSDB18-HQ layout.
 
     Writes ``out/{train,test}/synth-NNN/{mixture,vocals,drums,bass,other}.wav`` (stereo,
-    16-bit PCM by default or 32-bit float with ``subtype="FLOAT"``; ``mixture.wav`` is
-    exactly the sum of the four stems) and ``out/synth_musdb.json`` describing each song
-    (seed, tempo, key, scale, ...).
+    16-bit PCM as MUSDB18-HQ, or 32-bit float with ``subtype="FLOAT"``; ``mixture.wav`` is
+    exactly the sum of the four stem files) and ``out/synth_musdb.json`` describing each
+    song (seed, tempo, key, scale, ...). Files are written atomically.
 
     Args:
         out: dataset root folder (created; existing files of the same names are replaced).
-        tracks: number of songs; split 80/20 into train/test (see :func:`split_counts`).
+        tracks: number of songs, split by :func:`split_counts` (the last 20 % are test).
         seconds: length of every song.
         seed: dataset seed; song ``i`` uses :func:`song_seed(seed, i) <song_seed>`.
         sample_rate: in Hz.
@@ -866,6 +854,9 @@ def generate_dataset(out: PathLike, tracks: int = 10, seconds: float = 20.0, see
 
     Returns:
         The track folders, train first, in name order.
+
+    Raises:
+        D3NetError: bad counts, length, sample rate or subtype, or an unwritable ``out``.
     """
     out = Path(out)
     counts = dict(subsets) if subsets is not None else split_counts(int(tracks))
@@ -874,16 +865,17 @@ def generate_dataset(out: PathLike, tracks: int = 10, seconds: float = 20.0, see
         raise D3NetError(f"subsets must give non-negative 'train'/'test' counts, got {subsets}")
     _check_args(seconds, sample_rate)
     check_writable(out)
-    jobs = [(subset, i) for subset in ("train", "test") for i in range(int(counts.get(subset, 0)))]
+    jobs = [subset for subset in ("train", "test") for _ in range(int(counts.get(subset, 0)))]
     folders: list[Path] = []
     songs = []
-    for index, (subset, _) in enumerate(tqdm(jobs, desc="synthesising songs", unit="song",
-                                             disable=not progress)):
+    for index, subset in enumerate(tqdm(jobs, desc="synthesising songs", unit="song",
+                                        disable=not progress)):
         name = f"synth-{index:03d}"
         stems, info = _render_song(song_seed(seed, index), seconds, sample_rate)
         folder = out / subset / name
         for key, audio in _to_file_samples(stems, subtype).items():
-            _write_wav(folder / f"{key}.wav", audio, int(sample_rate), subtype)
+            with atomic_path(folder / f"{key}.wav") as tmp:
+                sf.write(str(tmp), audio.T, int(sample_rate), subtype=subtype, format="WAV")
         folders.append(folder)
         info.pop("vocal_notes")
         songs.append({"name": name, "subset": subset, **info})
