@@ -572,16 +572,12 @@ def _compose_melody(plan: _Plan, rng: np.random.Generator, low: int, high: int) 
             if final:  # phrases end on a held note (at least a half note)
                 length = max(end - position, eighth * 4)
             bar, step = divmod(position, 16)
-            # motion in scale steps, strong beats snapped to chord tones
             degree += int(rng.choice(_MELODY_STEPS, p=_MELODY_STEP_WEIGHTS))
             degree = min(max(degree, degrees_in_range[0]), degrees_in_range[-1])
-            if step % 8 == 0 and bar < plan.bars:
+            if step % 8 == 0:  # strong beats snap to the nearest chord tone in range
                 chord_pcs = {(plan.key + s) % 12 for s in plan.chord(bar)}
-                for offset in (0, 1, -1, 2, -2):
-                    candidate = degree + offset
-                    if (midi_of(candidate) % 12) in chord_pcs and low <= midi_of(candidate) <= high:
-                        degree = candidate
-                        break
+                degree = next((d for d in (degree, degree + 1, degree - 1, degree + 2, degree - 2)
+                               if d in degrees_in_range and midi_of(d) % 12 in chord_pcs), degree)
             legato = previous_vowel is not None and rng.random() < 0.25
             vowel = previous_vowel if legato else str(rng.choice(_VOWEL_NAMES, p=_VOWEL_WEIGHTS))
             start = plan.onset(bar, step)
@@ -601,8 +597,7 @@ def _f0_contour(plan: _Plan, rng, notes: list[_Note]) -> np.ndarray:
     """Per-sample fundamental frequency (Hz): portamento, scoops, delayed vibrato, drift."""
     sr, n = plan.sample_rate, plan.samples
     pitch = np.full(n, float(notes[0].midi))
-    for i, note in enumerate(notes):
-        end = notes[i + 1].start if i + 1 < len(notes) else n
+    for note, end in zip(notes, [nt.start for nt in notes[1:]] + [n]):
         pitch[note.start:end] = note.midi
     glide = math.exp(-1.0 / (rng.uniform(0.015, 0.05) * sr))
     pitch, _ = signal.lfilter([1 - glide], [1, -glide], pitch, zi=[pitch[0] * glide])
@@ -681,10 +676,9 @@ def _render_vocals(plan: _Plan, rng: np.random.Generator) -> tuple[np.ndarray, l
     segments: list[tuple[int, np.ndarray, np.ndarray]] = []  # (start, freqs, bandwidths)
     glide_steps, glide = 4, int(0.04 * sr)
     previous = _VOWEL_NAMES.index(syllables[0][0].vowel)
-    for j, syllable in enumerate(syllables):
+    for syllable, limit in zip(syllables, [syl[0].start for syl in syllables[1:]] + [n]):
         current = _VOWEL_NAMES.index(syllable[0].vowel)
         start = syllable[0].start
-        limit = syllables[j + 1][0].start if j + 1 < len(syllables) else n
         for i in range(glide_steps if current != previous else 0):
             at = start + i * glide // glide_steps
             if at >= limit:
@@ -698,8 +692,7 @@ def _render_vocals(plan: _Plan, rng: np.random.Generator) -> tuple[np.ndarray, l
         previous = current
     voice = np.zeros(n)
     state = np.zeros((int(keep.sum()), 2))
-    for k, (start, freqs, bandwidths) in enumerate(segments):
-        stop = segments[k + 1][0] if k + 1 < len(segments) else n
+    for (start, freqs, bandwidths), stop in zip(segments, [seg[0] for seg in segments[1:]] + [n]):
         sos = _formant_sos(freqs[keep], bandwidths[keep], sr)
         voice[start:stop], state = signal.sosfilt(sos, source[start:stop], zi=state)
     voice = _normalise(voice)
