@@ -489,27 +489,25 @@ class _Scene:
         x = rng.uniform(self.road_left + 0.8, self.road_right - 0.8)
         motor = rng.random() < 0.3
         vehicle = MOTORCYCLE if motor else BICYCLE
-        r = 0.33 if not motor else 0.3
-        half = 0.55 if not motor else 0.7
+        r, half = (0.3, 0.7) if motor else (0.33, 0.55)  # wheel radius, half wheelbase
         if not self.visible(z, 2 * r, 3):
             return
         color = _tone(rng, rng.uniform(20, 220, 3), 10)
         px = cam.scale(z)
-        ring = max(1, int(round(px * (0.05 if not motor else 0.12))))
+        ring = max(1, int(round(px * (0.12 if motor else 0.05))))
         for xc in (x - half, x + half):
             u0, v0 = cam(xc - r, 2 * r, z)
             u1, v1 = cam(xc + r, 0, z)
             canvas.ellipse(u0, v0, u1, v1, (30, 30, 30), vehicle, width=ring)
-        seat = (x - 0.1, 0.95 if not motor else 0.75)
-        frame = [cam(x - half, r, z), cam(*seat, z), cam(x + half * 0.7, 0.95, z),
-                 cam(x + half, r, z)]
+        seat = (x - 0.1, 0.75 if motor else 0.95)
         if motor:
             canvas.polygon([cam(x - half * 0.8, r, z), cam(x - 0.3, 0.85, z),
                             cam(x + half * 0.7, 0.95, z), cam(x + half * 0.6, r * 0.8, z)],
                            color, vehicle)
-        else:
-            canvas.line(frame + [cam(x, r, z), cam(x - half, r, z)], color, vehicle,
-                        max(1, px * 0.05))
+        else:  # the frame: rear hub, saddle, handlebar, front hub, bottom bracket, rear hub
+            frame = [(x - half, r), seat, (x + half * 0.7, 0.95), (x + half, r), (x, r),
+                     (x - half, r)]
+            canvas.line([cam(u, v, z) for u, v in frame], color, vehicle, max(1, px * 0.05))
         if rng.random() < 0.85:
             self._figure(canvas, x - 0.05, z - 0.01, rng.uniform(1.6, 1.9), RIDER, seated=True,
                          base=seat[1] - 0.15)
@@ -544,18 +542,17 @@ class _Scene:
         elif kind < 0.65:  # a traffic light, sometimes on an arm over the road
             arm = rng.random() < 0.4
             lx = x - side * rng.uniform(1.0, 3.0) if arm else x
-            top = height
             if arm:
-                canvas.line([cam(x, top - 0.1, z), cam(lx, top - 0.1, z)], color, POLE,
+                canvas.line([cam(x, height - 0.1, z), cam(lx, height - 0.1, z)], color, POLE,
                             max(1, cam.scale(z) * width))
-            u0, v0, u1, v1 = self.front_rect(lx - 0.18, lx + 0.18, top - 1.1, top - 0.1, z - 0.05)
+            u0, v0, u1, v1 = self.front_rect(lx - 0.18, lx + 0.18, height - 1.1, height - 0.1,
+                                             z - 0.05)
             canvas.rect(u0, v0, u1, v1, _tone(rng, (35, 35, 30), 6), LIGHT)
             lit = rng.integers(3)
+            cu, rad = (u0 + u1) / 2, (u1 - u0) * 0.3
             for k, lamp in enumerate([(220, 40, 30), (230, 170, 30), (40, 200, 80)]):
                 cv = v0 + (v1 - v0) * (k + 0.5) / 3
-                rad = (u1 - u0) * 0.3
-                tone = lamp if k == lit else tuple(c // 4 for c in lamp)
-                cu = (u0 + u1) / 2
+                tone = lamp if k == lit else tuple(c // 4 for c in lamp)  # unlit lamps are dim
                 canvas.ellipse(cu - rad, cv - rad, cu + rad, cv + rad, tone, LIGHT)
         elif kind < 0.8:  # a street lamp head
             canvas.rect(*self.front_rect(x - 0.3, x + 0.3, height - 0.25, height, z), color, POLE)
