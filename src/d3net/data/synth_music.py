@@ -109,8 +109,8 @@ def _wavetable(amplitudes: np.ndarray) -> np.ndarray:
 
 def _band_limited_table(kind: str, max_hz: float, sample_rate: int,
                         max_harmonics: int = 40) -> np.ndarray:
-    """Wavetable of a :data:`_HARMONICS` waveform with as many harmonics as stay below
-    0.45 x the sample rate at ``max_hz``."""
+    """Wavetable of a ``_HARMONICS`` waveform with as many harmonics as stay below 0.45 x
+    the sample rate at ``max_hz``."""
     count = int(min(max_harmonics, max(1, 0.45 * sample_rate // max(max_hz, 1.0))))
     return _wavetable(_HARMONICS[kind](np.arange(1, count + 1, dtype=np.float64)))
 
