@@ -1,41 +1,23 @@
 """Synthetic multitrack songs in the MUSDB18-HQ layout: the whole pipeline without a download.
 
-Every song is composed and rendered from one integer seed with numpy and scipy only:
+Every song is composed and rendered from one integer seed with numpy and scipy only: a
+tempo (sometimes swung), key, scale and chord progression shared by four stems. **drums**:
+a synthesised kit on a groove with ghost notes and fills; **bass**: a low-passed,
+band-limited line on the chord roots; **other**: one to three of a detuned pad, an arpeggio
+and piano-like stabs; **vocals**: a sung melody in phrases, a glottal-like source with
+portamento and vibrato through time-varying formant resonators (one vowel per syllable),
+plus breath and consonants. A small Schroeder room on vocals and other, random stem levels
+and a random overall level make songs differ in space, balance and loudness.
 
-* a tempo (80-140 BPM, sometimes swung), a key, a scale (major, minor, dorian, mixolydian,
-  harmonic minor) and a chord progression of one chord per bar or per two bars;
-* **drums**: a kit of synthesised hits on a groove: kick (sine with a falling pitch and a
-  click), snare (noise burst plus a tone), closed and open hi-hats (metallic square
-  partials and noise, high-passed), crash, toms in fills; velocities, ghost notes, swing;
-* **bass**: a line on the chord roots (with fifths, octaves and passing notes) in a
-  rhythm pattern, a band-limited saw / square / warm tone through a low-pass filter;
-* **other**: one to three accompaniment parts among a detuned pad, an arpeggio and
-  piano-like chord stabs, each with its own timbre, envelope and panning;
-* **vocals**: a sung lead melody in phrases with rests: a band-limited glottal-like
-  source with portamento, scoops, delayed vibrato and pitch drift, shaped by five
-  time-varying formant resonators (one vowel per syllable, smooth transitions), breath
-  noise and a few fricative / plosive consonants.
-
-A synthetic room (a small Schroeder reverberator) on vocals and other, random stem levels
-and a random overall level make songs differ in space, balance and loudness. Each stem is
-``(2, samples)`` float32 in [-1, 1]; the mixture is the exact float32 sum of the stems in
-:data:`~d3net.configs.TARGETS` order, also within [-1, 1].
-
-Written files are 16-bit PCM by default (as MUSDB18-HQ). The stems are quantised first and
-the mixture is the integer sum of the quantised stems, so ``mixture.wav`` equals the sum of
-the four stem files exactly, and nothing clips.
-
-Dataset split: :func:`generate_dataset` puts the last ``max(1, round(0.2 * tracks))``
-songs in ``test`` and the others in ``train`` (at least one of each), unless ``subsets``
-gives the counts. Song ``i`` of a dataset made with seed ``s`` is rendered from
-:func:`song_seed(s, i) <song_seed>`, a hash of ``(s, i)``, so small integer seeds passed to
-:func:`generate_song` directly (as the demo does) are not training songs.
+Song ``i`` of a dataset made with seed ``s`` is rendered from :func:`song_seed(s, i)
+<song_seed>`, a hash of ``(s, i)``, so small integer seeds passed to :func:`generate_song`
+directly (as the demo does) are not training songs.
 """
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -90,28 +72,30 @@ _MELODY_STEP_WEIGHTS = (0.02, 0.02, 0.12, 0.3, 0.1, 0.3, 0.1, 0.02, 0.02)
 _TABLE_SIZE = 4096
 
 
-# ----------------------------------------------------------------------------------------
-# small DSP helpers
-# ----------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------- small DSP helpers
+
+# Harmonic amplitudes of classic waveforms, for harmonic numbers ``k`` (1, 2, ...).
+_HARMONICS = {
+    "saw": lambda k: 1.0 / k,
+    "square": lambda k: np.where(k % 2 == 1, 1.0 / k, 0.0),
+    "triangle": lambda k: np.where(k % 2 == 1, np.where(k % 4 == 1, 1.0, -1.0) / k ** 2, 0.0),
+    "warm": lambda k: 1.0 / k ** 2.2,  # a rounder tone: strong fundamental, steep roll-off
+}
+
 
 def midi_to_hz(midi) -> np.ndarray:
     """Frequency in Hz of a (possibly fractional) MIDI note number."""
     return 440.0 * 2.0 ** ((np.asarray(midi, dtype=np.float64) - 69.0) / 12.0)
 
 
-def _pan_gains(pan: float) -> tuple[float, float]:
-    """Constant-power gains (left, right) for ``pan`` in [-1 (left), 1 (right)]."""
-    angle = (pan + 1.0) * math.pi / 4.0
-    return math.cos(angle), math.sin(angle)
-
-
 def _pan(mono: np.ndarray, pan: float, out: np.ndarray | None = None) -> np.ndarray:
-    """Stereo ``(2, samples)`` image of ``mono``; added into ``out`` when given."""
-    left, right = _pan_gains(pan)
+    """Constant-power stereo ``(2, samples)`` image of ``mono`` for ``pan`` in [-1 (left),
+    1 (right)]; added into ``out`` when given."""
+    angle = (pan + 1.0) * math.pi / 4.0
     if out is None:
         out = np.zeros((2, mono.shape[-1]))
-    out[0] += mono * left
-    out[1] += mono * right
+    out[0] += mono * math.cos(angle)
+    out[1] += mono * math.sin(angle)
     return out
 
 
@@ -123,27 +107,12 @@ def _wavetable(amplitudes: np.ndarray) -> np.ndarray:
     return table.astype(np.float32)
 
 
-def _harmonics(kind: str, count: int) -> np.ndarray:
-    """Harmonic amplitudes of classic waveforms, ``count`` harmonics (band-limited)."""
-    k = np.arange(1, max(count, 1) + 1, dtype=np.float64)
-    if kind == "saw":
-        return 1.0 / k
-    if kind == "square":
-        return np.where(k % 2 == 1, 1.0 / k, 0.0)
-    if kind == "triangle":
-        odd = k % 2 == 1
-        sign = np.where(k % 4 == 1, 1.0, -1.0)
-        return np.where(odd, sign / k ** 2, 0.0)
-    if kind == "warm":  # a rounder tone: strong fundamental, steep roll-off
-        return 1.0 / k ** 2.2
-    raise ValueError(kind)
-
-
 def _band_limited_table(kind: str, max_hz: float, sample_rate: int,
                         max_harmonics: int = 40) -> np.ndarray:
-    """Wavetable with as many harmonics as stay below 0.45 x the sample rate at ``max_hz``."""
+    """Wavetable of a ``_HARMONICS`` waveform with as many harmonics as stay below 0.45 x
+    the sample rate at ``max_hz``."""
     count = int(min(max_harmonics, max(1, 0.45 * sample_rate // max(max_hz, 1.0))))
-    return _wavetable(_harmonics(kind, count))
+    return _wavetable(_HARMONICS[kind](np.arange(1, count + 1, dtype=np.float64)))
 
 
 def _oscillator(table: np.ndarray, freq, samples: int, sample_rate: int,
@@ -155,17 +124,13 @@ def _oscillator(table: np.ndarray, freq, samples: int, sample_rate: int,
     return table[index]
 
 
-def _sos(kind: str, cutoff, sample_rate: int, order: int = 2) -> np.ndarray:
-    """Butterworth filter in second-order sections; cutoffs are kept below Nyquist."""
-    nyquist = sample_rate / 2.0
+def _filter(x: np.ndarray, kind: str, cutoff, sample_rate: int, order: int = 2) -> np.ndarray:
+    """Butterworth filter along the last axis; cutoffs are kept below Nyquist."""
     cutoff = np.clip(np.asarray(cutoff, dtype=np.float64), 20.0, 0.45 * sample_rate)
     if kind == "bandpass" and cutoff[0] >= cutoff[1] * 0.9:
         cutoff = np.array([cutoff[1] * 0.5, cutoff[1]])
-    return signal.butter(order, cutoff / nyquist, btype=kind, output="sos")
-
-
-def _filter(x: np.ndarray, kind: str, cutoff, sample_rate: int, order: int = 2) -> np.ndarray:
-    return signal.sosfilt(_sos(kind, cutoff, sample_rate, order), x, axis=-1)
+    sos = signal.butter(order, cutoff / (sample_rate / 2.0), btype=kind, output="sos")
+    return signal.sosfilt(sos, x, axis=-1)
 
 
 def _adsr(gate: int, sample_rate: int, attack: float, decay: float, sustain: float,
@@ -184,12 +149,9 @@ def _adsr(gate: int, sample_rate: int, attack: float, decay: float, sustain: flo
 
 def _add(out: np.ndarray, start: int, chunk: np.ndarray) -> None:
     """``out[..., start:start+len] += chunk``, clipped to the bounds of ``out``."""
-    n = out.shape[-1]
-    if start >= n or start + chunk.shape[-1] <= 0:
-        return
-    lo = max(start, 0)
-    hi = min(start + chunk.shape[-1], n)
-    out[..., lo:hi] += chunk[..., lo - start:hi - start]
+    lo, hi = max(start, 0), min(start + chunk.shape[-1], out.shape[-1])
+    if lo < hi:
+        out[..., lo:hi] += chunk[..., lo - start:hi - start]
 
 
 def _rms(x: np.ndarray) -> float:
@@ -229,49 +191,40 @@ def _allpass(x: np.ndarray, delay: int, gain: float) -> np.ndarray:
     return y.ravel()[:len(x)]
 
 
-@dataclass
-class _Room:
-    """A small Schroeder reverberator: parallel combs then all-passes, per channel."""
-    combs: list[list[int]]       # delays in samples, per channel
-    allpasses: list[list[int]]
-    rt60: float
-    predelay: int
-    brightness: float            # low-pass cutoff of the tail, Hz
-    sample_rate: int
+def _room(rng: np.random.Generator, sample_rate: int):
+    """A random small Schroeder reverberator (parallel combs then all-passes, per channel).
+    Returns ``tail(dry)``: the reverberation of a ``(2, samples)`` signal at the dry RMS."""
+    size = rng.uniform(0.8, 1.3)
+    spread = rng.uniform(0.3, 0.8)  # ms between left and right delays: stereo width
+    rt60 = rng.uniform(0.4, 1.6)
+    predelay = int(rng.uniform(0.005, 0.03) * sample_rate)
+    brightness = rng.uniform(2500, 7000)  # low-pass cutoff of the tail, Hz
+    comb_ms = np.array([25.3, 26.9, 28.9, 30.7]) * size
+    allpass_ms = np.array([12.6, 7.7])
 
-    @classmethod
-    def random(cls, rng: np.random.Generator, sample_rate: int) -> "_Room":
-        size = rng.uniform(0.8, 1.3)
-        comb_ms = np.array([25.3, 26.9, 28.9, 30.7])
-        allpass_ms = np.array([12.6, 7.7])
-        spread = rng.uniform(0.3, 0.8)  # ms between left and right delays: stereo width
-        to_samples = lambda ms: [int(v * sample_rate / 1000) for v in ms]  # noqa: E731
-        return cls(
-            combs=[to_samples(comb_ms * size), to_samples(comb_ms * size + spread)],
-            allpasses=[to_samples(allpass_ms), to_samples(allpass_ms + spread / 2)],
-            rt60=float(rng.uniform(0.4, 1.6)),
-            predelay=int(rng.uniform(0.005, 0.03) * sample_rate),
-            brightness=float(rng.uniform(2500, 7000)), sample_rate=sample_rate)
+    def delays(ms: np.ndarray) -> list[int]:
+        return [int(v * sample_rate / 1000) for v in ms]
 
-    def tail(self, dry: np.ndarray) -> np.ndarray:
-        """Reverberation of a stereo ``(2, samples)`` signal, scaled to the dry RMS."""
+    channels = [(delays(comb_ms), delays(allpass_ms)),
+                (delays(comb_ms + spread), delays(allpass_ms + spread / 2))]
+
+    def tail(dry: np.ndarray) -> np.ndarray:
         mono = dry.mean(0)
         out = []
-        for combs, allpasses in zip(self.combs, self.allpasses):
-            acc = sum(_comb(mono, d, 10 ** (-3 * d / (self.rt60 * self.sample_rate)))
-                      for d in combs)
+        for combs, allpasses in channels:
+            acc = sum(_comb(mono, d, 10 ** (-3 * d / (rt60 * sample_rate))) for d in combs)
             for d in allpasses:
                 acc = _allpass(acc, d, 0.5)
             out.append(acc)
-        tail = _filter(np.stack(out), "lowpass", self.brightness, self.sample_rate, order=1)
-        tail = np.concatenate([np.zeros((2, self.predelay)), tail], axis=1)[:, :dry.shape[1]]
-        level = _rms(tail)
-        return tail * (_rms(dry) / level) if level > 0 else tail
+        wet = _filter(np.stack(out), "lowpass", brightness, sample_rate, order=1)
+        wet = np.concatenate([np.zeros((2, predelay)), wet], axis=1)[:, :dry.shape[1]]
+        level = _rms(wet)
+        return wet * (_rms(dry) / level) if level > 0 else wet
+
+    return tail
 
 
-# ----------------------------------------------------------------------------------------
-# the musical plan shared by all stems
-# ----------------------------------------------------------------------------------------
+# ------------------------------------------------- the musical plan shared by all stems
 
 @dataclass
 class _Plan:
@@ -286,11 +239,6 @@ class _Plan:
     sevenths: bool
     bars: int
     step: float                   # sixteenth note, in samples
-    chord_degrees: list[int] = field(default_factory=list)  # one per bar
-
-    @property
-    def scale(self) -> tuple[int, ...]:
-        return SCALES[self.scale_name]
 
     def onset(self, bar: int, step: int) -> int:
         """Sample index of sixteenth ``step`` (may exceed 15) of ``bar``, with swing."""
@@ -301,11 +249,11 @@ class _Plan:
     def degree_semitones(self, degree: int) -> int:
         """Semitones above the tonic of a (possibly > 6 or negative) scale degree."""
         octave, index = divmod(degree, 7)
-        return self.scale[index] + 12 * octave
+        return SCALES[self.scale_name][index] + 12 * octave
 
     def chord(self, bar: int, size: int = 3) -> list[int]:
         """Semitones above the tonic of the chord tones of ``bar`` (stacked thirds)."""
-        degree = self.chord_degrees[bar]
+        degree = self.progression[(bar // self.bars_per_chord) % len(self.progression)]
         return [self.degree_semitones(degree + 2 * j) for j in range(size)]
 
     def in_range(self, semitones: int, low: int) -> int:
@@ -319,20 +267,15 @@ def _make_plan(rng: np.random.Generator, seconds: float, sample_rate: int) -> _P
     swing = float(rng.uniform(0.08, 0.2)) if rng.random() < 0.25 else 0.0
     step = 60.0 / bpm / 4.0 * sample_rate
     bars = int(math.ceil(samples / (16 * step))) + 1
-    plan = _Plan(
+    return _Plan(
         sample_rate=sample_rate, samples=samples, bpm=bpm, swing=swing,
         key=int(rng.integers(12)), scale_name=str(rng.choice(list(SCALES))),
         progression=PROGRESSIONS[rng.integers(len(PROGRESSIONS))],
         bars_per_chord=int(rng.choice([1, 2], p=[0.65, 0.35])),
         sevenths=bool(rng.random() < 0.4), bars=bars, step=step)
-    plan.chord_degrees = [plan.progression[(bar // plan.bars_per_chord) % len(plan.progression)]
-                          for bar in range(bars)]
-    return plan
 
 
-# ----------------------------------------------------------------------------------------
-# drums
-# ----------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------- drums
 
 def _decay(decay: float, sr: int, length: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
     """Times and an exponential decay envelope lasting ``length`` time constants; a
@@ -404,12 +347,11 @@ def _render_drums(plan: _Plan, rng: np.random.Generator) -> np.ndarray:
         "crash": [_crash(rng, sr)],
     }
     tom_base = rng.uniform(80, 110)
-    toms = [_tom(rng, sr, tom_base * r) for r in (2.0, 1.5, 1.0)]
+    kit["tom"] = [_tom(rng, sr, tom_base * r) for r in (2.0, 1.5, 1.0)]  # high, mid, floor
     pans = {"kick": 0.0, "snare": rng.uniform(-0.1, 0.1), "hat": rng.uniform(-0.5, 0.5),
             "open": rng.uniform(-0.5, 0.5), "crash": rng.uniform(-0.6, 0.6)}
-    tom_pans = (-0.4, 0.0, 0.4)
     levels = {"kick": 1.0, "snare": rng.uniform(0.6, 0.9), "hat": rng.uniform(0.3, 0.6),
-              "open": rng.uniform(0.25, 0.45), "crash": rng.uniform(0.25, 0.4)}
+              "open": rng.uniform(0.25, 0.45), "crash": rng.uniform(0.25, 0.4), "tom": 0.8}
 
     kick_pattern = KICK_PATTERNS[rng.integers(len(KICK_PATTERNS))]
     snare_pattern = SNARE_PATTERNS[rng.integers(len(SNARE_PATTERNS))]
@@ -423,7 +365,7 @@ def _render_drums(plan: _Plan, rng: np.random.Generator) -> np.ndarray:
 
     def hit(name: str, bar: int, step: int, velocity: float) -> None:
         at = plan.onset(bar, step) + int(rng.normal(0.0, jitter + 1e-9))
-        hits.append((name, int(rng.integers(len(kit.get(name, toms)))), at, velocity))
+        hits.append((name, int(rng.integers(len(kit[name]))), at, velocity))
 
     for bar in range(plan.bars):
         fill = bar % 4 == 3 and rng.random() < 0.5
@@ -452,30 +394,25 @@ def _render_drums(plan: _Plan, rng: np.random.Generator) -> np.ndarray:
             hit("crash", bar, 0, rng.uniform(0.8, 1.0))
         if fill:
             if rng.random() < 0.5:
-                for i, s in enumerate(range(12, 16)):
-                    hits.append(("tom", min(i * 3 // 4, 2), plan.onset(bar, s),
-                                 rng.uniform(0.7, 1.0)))
+                for s, tom in zip(range(12, 16), (0, 0, 1, 2)):
+                    hits.append(("tom", tom, plan.onset(bar, s), rng.uniform(0.7, 1.0)))
             else:
                 for s in range(12, 16):
                     hit("snare", bar, s, 0.5 + 0.12 * (s - 12))
 
     buses: dict[tuple[str, int], np.ndarray] = {}
     for name, variant, at, velocity in hits:
-        key = (name, variant if name == "tom" else 0)
+        key = (name, variant if name == "tom" else 0)  # each tom has its own place
         if key not in buses:
             buses[key] = np.zeros(n)
-        sample = toms[variant] if name == "tom" else kit[name][variant]
-        level = 0.8 if name == "tom" else levels[name]
-        _add(buses[key], at, sample * (velocity * level))
+        _add(buses[key], at, kit[name][variant] * (velocity * levels[name]))
     out = np.zeros((2, n))
     for (name, variant), bus in buses.items():
-        _pan(bus, tom_pans[variant] if name == "tom" else pans[name], out=out)
+        _pan(bus, (-0.4, 0.0, 0.4)[variant] if name == "tom" else pans[name], out=out)
     return out
 
 
-# ----------------------------------------------------------------------------------------
-# bass
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------- bass
 
 def _render_bass(plan: _Plan, rng: np.random.Generator) -> np.ndarray:
     sr, n = plan.sample_rate, plan.samples
@@ -513,9 +450,7 @@ def _render_bass(plan: _Plan, rng: np.random.Generator) -> np.ndarray:
     return _pan(out, rng.uniform(-0.05, 0.05))
 
 
-# ----------------------------------------------------------------------------------------
-# other: pad, arpeggio, piano-like stabs
-# ----------------------------------------------------------------------------------------
+# ----------------------------------------------- other: pad, arpeggio, piano-like stabs
 
 def _voicing(plan: _Plan, bar: int, low: int) -> list[int]:
     size = 4 if plan.sevenths else 3
@@ -603,9 +538,7 @@ def _render_other(plan: _Plan, rng: np.random.Generator) -> tuple[np.ndarray, li
     return out, chosen
 
 
-# ----------------------------------------------------------------------------------------
-# vocals
-# ----------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------- vocals
 
 @dataclass
 class _Note:
@@ -639,16 +572,12 @@ def _compose_melody(plan: _Plan, rng: np.random.Generator, low: int, high: int) 
             if final:  # phrases end on a held note (at least a half note)
                 length = max(end - position, eighth * 4)
             bar, step = divmod(position, 16)
-            # motion in scale steps, strong beats snapped to chord tones
             degree += int(rng.choice(_MELODY_STEPS, p=_MELODY_STEP_WEIGHTS))
             degree = min(max(degree, degrees_in_range[0]), degrees_in_range[-1])
-            if step % 8 == 0 and bar < plan.bars:
+            if step % 8 == 0:  # strong beats snap to the nearest chord tone in range
                 chord_pcs = {(plan.key + s) % 12 for s in plan.chord(bar)}
-                for offset in (0, 1, -1, 2, -2):
-                    candidate = degree + offset
-                    if (midi_of(candidate) % 12) in chord_pcs and low <= midi_of(candidate) <= high:
-                        degree = candidate
-                        break
+                degree = next((d for d in (degree, degree + 1, degree - 1, degree + 2, degree - 2)
+                               if d in degrees_in_range and midi_of(d) % 12 in chord_pcs), degree)
             legato = previous_vowel is not None and rng.random() < 0.25
             vowel = previous_vowel if legato else str(rng.choice(_VOWEL_NAMES, p=_VOWEL_WEIGHTS))
             start = plan.onset(bar, step)
@@ -668,8 +597,7 @@ def _f0_contour(plan: _Plan, rng, notes: list[_Note]) -> np.ndarray:
     """Per-sample fundamental frequency (Hz): portamento, scoops, delayed vibrato, drift."""
     sr, n = plan.sample_rate, plan.samples
     pitch = np.full(n, float(notes[0].midi))
-    for i, note in enumerate(notes):
-        end = notes[i + 1].start if i + 1 < len(notes) else n
+    for note, end in zip(notes, [nt.start for nt in notes[1:]] + [n]):
         pitch[note.start:end] = note.midi
     glide = math.exp(-1.0 / (rng.uniform(0.015, 0.05) * sr))
     pitch, _ = signal.lfilter([1 - glide], [1, -glide], pitch, zi=[pitch[0] * glide])
@@ -704,9 +632,8 @@ def _formant_sos(freqs: np.ndarray, bandwidths: np.ndarray, sr: int) -> np.ndarr
     return sos
 
 
-def _render_vocals(plan: _Plan, rng: np.random.Generator
-                   ) -> tuple[np.ndarray, np.ndarray, list[_Note]]:
-    """Returns the stereo vocals, the f0 contour (Hz, per sample) and the notes."""
+def _render_vocals(plan: _Plan, rng: np.random.Generator) -> tuple[np.ndarray, list[_Note]]:
+    """Returns the stereo vocals and the notes they sing."""
     sr, n = plan.sample_rate, plan.samples
     high_voice = rng.random() < 0.5
     low = int(rng.integers(55, 60)) if high_voice else int(rng.integers(45, 50))
@@ -714,7 +641,7 @@ def _render_vocals(plan: _Plan, rng: np.random.Generator
     tract = rng.uniform(1.1, 1.2) if high_voice else rng.uniform(0.95, 1.05)
     notes = _compose_melody(plan, rng, low, high)
     if not notes:
-        return np.zeros((2, n)), np.full(n, midi_to_hz(low)), notes
+        return np.zeros((2, n)), notes
     f0 = _f0_contour(plan, rng, notes)
 
     # glottal-like source: band-limited sawtooth-ish spectrum with a random tilt
@@ -749,10 +676,9 @@ def _render_vocals(plan: _Plan, rng: np.random.Generator
     segments: list[tuple[int, np.ndarray, np.ndarray]] = []  # (start, freqs, bandwidths)
     glide_steps, glide = 4, int(0.04 * sr)
     previous = _VOWEL_NAMES.index(syllables[0][0].vowel)
-    for j, syllable in enumerate(syllables):
+    for syllable, limit in zip(syllables, [syl[0].start for syl in syllables[1:]] + [n]):
         current = _VOWEL_NAMES.index(syllable[0].vowel)
         start = syllable[0].start
-        limit = syllables[j + 1][0].start if j + 1 < len(syllables) else n
         for i in range(glide_steps if current != previous else 0):
             at = start + i * glide // glide_steps
             if at >= limit:
@@ -766,8 +692,7 @@ def _render_vocals(plan: _Plan, rng: np.random.Generator
         previous = current
     voice = np.zeros(n)
     state = np.zeros((int(keep.sum()), 2))
-    for k, (start, freqs, bandwidths) in enumerate(segments):
-        stop = segments[k + 1][0] if k + 1 < len(segments) else n
+    for (start, freqs, bandwidths), stop in zip(segments, [seg[0] for seg in segments[1:]] + [n]):
         sos = _formant_sos(freqs[keep], bandwidths[keep], sr)
         voice[start:stop], state = signal.sosfilt(sos, source[start:stop], zi=state)
     voice = _normalise(voice)
@@ -788,12 +713,10 @@ def _render_vocals(plan: _Plan, rng: np.random.Generator
             length = int(rng.uniform(0.006, 0.015) * sr)
             burst = rng.standard_normal(length) * np.exp(-np.arange(length) / (0.003 * sr))
             _add(voice, onset - length // 2, burst * rng.uniform(0.3, 0.6))
-    return _pan(voice, rng.uniform(-0.05, 0.05)), f0, notes
+    return _pan(voice, rng.uniform(-0.05, 0.05)), notes
 
 
-# ----------------------------------------------------------------------------------------
-# songs and datasets
-# ----------------------------------------------------------------------------------------
+# ------------------------------------------------------------------- songs and datasets
 
 def _check_args(seconds: float, sample_rate: int) -> None:
     if not seconds > 0:
@@ -810,19 +733,19 @@ def _render_song(seed: int, seconds: float, sample_rate: int) -> tuple[dict[str,
     rng_plan, rng_drums, rng_bass, rng_other, rng_vocals, rng_mix = (
         np.random.default_rng(c) for c in children)
     plan = _make_plan(rng_plan, seconds, sample_rate)
-    room = _Room.random(rng_mix, sample_rate)
+    room = _room(rng_mix, sample_rate)
 
     drums = _render_drums(plan, rng_drums)
     bass = _render_bass(plan, rng_bass)
     other, other_parts = _render_other(plan, rng_other)
-    vocals, f0, notes = _render_vocals(plan, rng_vocals)
+    vocals, notes = _render_vocals(plan, rng_vocals)
 
     # the room (vocals and other parts; the kit and the bass stay dry), then the balance
     # of the stems in dB around unit RMS
     stems = {"vocals": vocals, "drums": drums, "bass": bass, "other": other}
     wet = {"vocals": rng_mix.uniform(0.15, 0.5), "other": rng_mix.uniform(0.15, 0.6)}
     for name, amount in wet.items():
-        stems[name] = stems[name] + amount * room.tail(stems[name])
+        stems[name] = stems[name] + amount * room(stems[name])
     balance_db = {"vocals": rng_mix.uniform(-1, 4), "drums": rng_mix.uniform(-2, 2),
                   "bass": rng_mix.uniform(-3, 2), "other": rng_mix.uniform(-4, 1)}
     for name in TARGETS:
@@ -869,10 +792,8 @@ def generate_song(seed: int, seconds: float = 20.0,
 def mix(stems: dict[str, np.ndarray]) -> np.ndarray:
     """The mixture of a song: the float32 sum of the stems in
     :data:`~d3net.configs.TARGETS` order."""
-    total = np.zeros_like(stems[TARGETS[0]], dtype=np.float32)
-    for name in TARGETS:
-        total = total + stems[name].astype(np.float32)
-    return total
+    return sum((stems[name].astype(np.float32) for name in TARGETS),
+               np.zeros_like(stems[TARGETS[0]], dtype=np.float32))
 
 
 def song_seed(dataset_seed: int, index: int) -> int:
@@ -889,23 +810,14 @@ def split_counts(tracks: int) -> dict[str, int]:
     return {"train": tracks - test, "test": test}
 
 
-def _write_wav(path: Path, audio: np.ndarray, sample_rate: int, subtype: str) -> None:
-    """Write ``(channels, samples)`` audio atomically (int16 written verbatim for PCM_16)."""
-    with atomic_path(path) as tmp:
-        sf.write(str(tmp), audio.T, sample_rate, subtype=subtype, format="WAV")
-
-
 def _to_file_samples(stems: dict[str, np.ndarray], subtype: str) -> dict[str, np.ndarray]:
-    """Stems and their mixture as the exact sample values to write (sum is exact)."""
+    """Stems and their mixture as the exact sample values to write. For PCM_16 the
+    mixture is the integer sum of the quantised stems (it cannot clip: peaks are <= 0.95)."""
     if subtype == "PCM_16":
         ints = {k: np.clip(np.round(v.astype(np.float64) * 32768), -32768, 32767).astype(np.int32)
                 for k, v in stems.items()}
-        total = sum(ints[s] for s in TARGETS)
-        if np.abs(total).max() > 32767:
-            raise AssertionError("mixture would clip")  # impossible: peaks are <= 0.95
-        out = {k: v.astype(np.int16) for k, v in ints.items()}
-        out["mixture"] = total.astype(np.int16)
-        return out
+        ints["mixture"] = sum(ints[s] for s in TARGETS)
+        return {k: v.astype(np.int16) for k, v in ints.items()}
     if subtype == "FLOAT":
         out = {k: v.astype(np.float32) for k, v in stems.items()}
         out["mixture"] = mix(out)
@@ -919,13 +831,13 @@ def generate_dataset(out: PathLike, tracks: int = 10, seconds: float = 20.0, see
     """Write a synthetic dataset in the MUSDB18-HQ layout.
 
     Writes ``out/{train,test}/synth-NNN/{mixture,vocals,drums,bass,other}.wav`` (stereo,
-    16-bit PCM by default or 32-bit float with ``subtype="FLOAT"``; ``mixture.wav`` is
-    exactly the sum of the four stems) and ``out/synth_musdb.json`` describing each song
-    (seed, tempo, key, scale, ...).
+    16-bit PCM as MUSDB18-HQ, or 32-bit float with ``subtype="FLOAT"``; ``mixture.wav`` is
+    exactly the sum of the four stem files) and ``out/synth_musdb.json`` describing each
+    song (seed, tempo, key, scale, ...). Files are written atomically.
 
     Args:
         out: dataset root folder (created; existing files of the same names are replaced).
-        tracks: number of songs; split 80/20 into train/test (see :func:`split_counts`).
+        tracks: number of songs, split by :func:`split_counts` (the last 20 % are test).
         seconds: length of every song.
         seed: dataset seed; song ``i`` uses :func:`song_seed(seed, i) <song_seed>`.
         sample_rate: in Hz.
@@ -935,6 +847,9 @@ def generate_dataset(out: PathLike, tracks: int = 10, seconds: float = 20.0, see
 
     Returns:
         The track folders, train first, in name order.
+
+    Raises:
+        D3NetError: bad counts, length, sample rate or subtype, or an unwritable ``out``.
     """
     out = Path(out)
     counts = dict(subsets) if subsets is not None else split_counts(int(tracks))
@@ -943,16 +858,17 @@ def generate_dataset(out: PathLike, tracks: int = 10, seconds: float = 20.0, see
         raise D3NetError(f"subsets must give non-negative 'train'/'test' counts, got {subsets}")
     _check_args(seconds, sample_rate)
     check_writable(out)
-    jobs = [(subset, i) for subset in ("train", "test") for i in range(int(counts.get(subset, 0)))]
+    jobs = [subset for subset in ("train", "test") for _ in range(int(counts.get(subset, 0)))]
     folders: list[Path] = []
     songs = []
-    for index, (subset, _) in enumerate(tqdm(jobs, desc="synthesising songs", unit="song",
-                                             disable=not progress)):
+    for index, subset in enumerate(tqdm(jobs, desc="synthesising songs", unit="song",
+                                        disable=not progress)):
         name = f"synth-{index:03d}"
         stems, info = _render_song(song_seed(seed, index), seconds, sample_rate)
         folder = out / subset / name
         for key, audio in _to_file_samples(stems, subtype).items():
-            _write_wav(folder / f"{key}.wav", audio, int(sample_rate), subtype)
+            with atomic_path(folder / f"{key}.wav") as tmp:
+                sf.write(str(tmp), audio.T, int(sample_rate), subtype=subtype, format="WAV")
         folders.append(folder)
         info.pop("vocal_notes")
         songs.append({"name": name, "subset": subset, **info})

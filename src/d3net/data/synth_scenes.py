@@ -1,23 +1,15 @@
 """Synthetic street scenes in the Cityscapes layout, so tests and demos need no download.
 
-Each scene is drawn through a pinhole camera 1.5 m above a flat street: a road with lane
-markings between two sidewalks, building facades with windows (some gaps with trees,
-walls or fences), a skyline at the far end, sky with clouds, and objects standing on the
-ground at random depths: cars, trucks, buses, trams, people, cyclists (rider +
-bicycle), motorcyclists, poles with traffic signs and lights, trees, grass verges.
-Objects are painted far to near, so nearer ones occlude farther ones, and the label map
-is painted with the same polygons as the image.
+Each scene is drawn through a pinhole camera 1.5 m above a flat street: road with lane
+markings, sidewalks, facades with windows (some gaps with trees, walls or fences), a
+skyline, sky with clouds, and objects at random depths (vehicles, people, cyclists, poles
+with signs and lights, trees), painted far to near with the same polygons into the image
+and the label map (train ids, 255 = ignore: the ego vehicle's bonnet, as in Cityscapes).
 
-The classes are deliberately hard to tell apart by colour alone: road, sidewalk, walls,
-poles and many facades are all greys, an overcast sky is as light as a pale facade,
-grass and foliage share greens. What separates them is where they are (sky on top,
-road in the middle at the bottom, facades beside the sidewalks), their shape and their
-texture (lane marks, paving joints, windows, leaves). Lighting varies across the image
-and shadows fall over the ground, and every image gets sensor-like noise.
-
-Labels are train ids (0..18 as in :data:`d3net.palette.CITYSCAPES_CLASSES`, 255 =
-ignore); some scenes show the ego vehicle's bonnet at the bottom, labelled ignore as in
-Cityscapes.
+The classes are deliberately hard to tell apart by colour alone (road, sidewalk, walls,
+poles and many facades are greys; an overcast sky is as light as a pale facade; grass and
+foliage share greens): position, shape and texture separate them. Lighting varies, shadows
+fall over the ground and every image gets sensor-like noise.
 """
 from __future__ import annotations
 
@@ -163,9 +155,10 @@ class _Scene:
         self.objects: list[tuple[float, callable]] = []  # (depth, painter) drawn far to near
 
     # -------------------------------------------------------------------- helpers
-    def ground_quad(self, x0, x1, z0, z1):
+    def ground_quad(self, x0, x1, z0, z1, y=0):
+        """A horizontal rectangle at height ``y`` (the ground by default)."""
         p = self.cam
-        return [p(x0, 0, z0), p(x1, 0, z0), p(x1, 0, z1), p(x0, 0, z1)]
+        return [p(x0, y, z0), p(x1, y, z0), p(x1, y, z1), p(x0, y, z1)]
 
     def side_quad(self, x, y0, y1, z0, z1):
         """A vertical rectangle in the plane X = x (facing the street axis)."""
@@ -217,8 +210,7 @@ class _Scene:
             canvas.polygon(self.ground_quad(x0, x1, z0, z_end), color, cls)
 
         # Paving joints on the sidewalks, a curb stone line along the road.
-        joint = _tone(rng, self.walk_color, 4)
-        joint = tuple(max(c - 25, 0) for c in joint)
+        joint = tuple(max(c - 25, 0) for c in _tone(rng, self.walk_color, 4))
         step = rng.uniform(0.8, 1.6)
         z = z0
         while z < self.z_far:
@@ -228,8 +220,7 @@ class _Scene:
         curb = tuple(min(c + 35, 255) for c in self.walk_color)
         for x in (self.road_left, self.road_right):
             width = 0.2 if x > 0 else -0.2
-            canvas.polygon(self.ground_quad(x, x + width, z0, self.z_far), curb,
-                           SIDEWALK)
+            canvas.polygon(self.ground_quad(x, x + width, z0, self.z_far), curb, SIDEWALK)
 
         # Lane markings (road class, as in Cityscapes): dashed centre, solid edges.
         paint = (230, 230, 225) if rng.random() < 0.8 else (225, 200, 60)
@@ -281,8 +272,13 @@ class _Scene:
                     self._building(canvas, x, z, z1, side)
                 elif kind < 0.9:
                     self._park(canvas, x, z, z1, side)
-                else:
-                    self._wall_or_fence(canvas, x, z, z1)
+                else:  # a wall or a see-through fence
+                    height = self.rng.uniform(1.0, 2.5)
+                    if self.rng.random() < 0.5:
+                        canvas.polygon(self.side_quad(x, 0, height, z, z1),
+                                       _gray(self.rng, 90, 170, tint=10), WALL)
+                    else:
+                        self._fence(canvas, x, z, z1, height)
                 z = z1
 
     def _building(self, canvas: _Canvas, x: float, z0: float, z1: float, side: int) -> None:
@@ -296,8 +292,7 @@ class _Scene:
         # A cast shadow over the street from tall facades on the sunny side.
         if rng.random() < 0.4:
             reach = rng.uniform(0.3, 1.0) * height * 0.6
-            far_x = x - side * reach
-            canvas.shadow(self.ground_quad(x, far_x, z0, z1), rng.uniform(0.55, 0.8))
+            canvas.shadow(self.ground_quad(x, x - side * reach, z0, z1), rng.uniform(0.55, 0.8))
         window = _tone(rng, (40, 50, 65) if rng.random() < 0.7 else (150, 170, 190), 15)
         frame_w, floor = rng.uniform(0.9, 1.6), rng.uniform(2.8, 3.5)
         spacing = frame_w + rng.uniform(0.8, 2.0)
@@ -326,14 +321,6 @@ class _Scene:
             self._tree(canvas, x - side * rng.uniform(0.5, 3), z)
             z += rng.uniform(4, 9)
 
-    def _wall_or_fence(self, canvas: _Canvas, x: float, z0: float, z1: float) -> None:
-        rng = self.rng
-        height = rng.uniform(1.0, 2.5)
-        if rng.random() < 0.5:
-            canvas.polygon(self.side_quad(x, 0, height, z0, z1), _gray(rng, 90, 170, tint=10), WALL)
-        else:
-            self._fence(canvas, x, z0, z1, height)
-
     def _fence(self, canvas: _Canvas, x: float, z0: float, z1: float, height: float) -> None:
         """Posts and rails along the street: see-through, only the bars are fence."""
         rng, cam = self.rng, self.cam
@@ -351,31 +338,23 @@ class _Scene:
     def place_objects(self) -> None:
         rng = self.rng
         lo = self.z_bottom * 1.05
-        n = rng.poisson
-        for _ in range(n(5.0)):
-            self._add(rng.uniform(lo + 2, 60), self._car)
-        for _ in range(n(0.4)):
-            self._add(rng.uniform(lo + 4, 60), self._big_vehicle)
-        for _ in range(n(2.5)):
-            self._add(rng.uniform(lo, 40), self._person)
-        for _ in range(n(0.8)):
-            self._add(rng.uniform(lo + 1, 40), self._cyclist)
-        for _ in range(n(3.5)):
-            self._add(rng.uniform(lo, 60), self._pole)
-        for _ in range(n(1.5)):
+        # (mean count, nearest depth beyond `lo`, farthest depth (metres), painter)
+        for rate, near, far, painter in ((5.0, 2, 60, self._car), (0.4, 4, 60, self._big_vehicle),
+                                         (2.5, 0, 40, self._person), (0.8, 1, 40, self._cyclist),
+                                         (3.5, 0, 60, self._pole)):
+            for _ in range(rng.poisson(rate)):
+                self.objects.append((rng.uniform(lo + near, far), painter))
+        for _ in range(rng.poisson(1.5)):
             z = rng.uniform(lo, 50)
             side = rng.choice([-1, 1])
             edge = self.walk_left if side < 0 else self.walk_right
             x = edge + side * rng.uniform(-0.8, 0.5)
-            self._add(z, lambda c, z, x=x: self._tree(c, x, z))
+            self.objects.append((z, lambda c, z, x=x: self._tree(c, x, z)))
         if rng.random() < 0.3:
             z = rng.uniform(lo + 5, 40)
             x = rng.choice([self.walk_left + 0.2, self.walk_right - 0.2])
             length, height = rng.uniform(5, 20), rng.uniform(0.8, 1.3)
-            self._add(z, lambda c, z, x=x: self._fence(c, x, z, z + length, height))
-
-    def _add(self, z: float, painter) -> None:
-        self.objects.append((z, painter))
+            self.objects.append((z, lambda c, z, x=x: self._fence(c, x, z, z + length, height)))
 
     def draw_objects(self, canvas: _Canvas) -> None:
         for z, painter in sorted(self.objects, key=lambda item: -item[0]):
@@ -394,8 +373,7 @@ class _Scene:
             canvas.polygon(self.side_quad(x1, y0, y1, z0, z1), darker, cls)
         if y1 < self.cam.height:
             top = tuple(min(int(c * 1.1) + 8, 255) for c in color)
-            p = self.cam
-            canvas.polygon([p(x0, y1, z0), p(x1, y1, z0), p(x1, y1, z1), p(x0, y1, z1)], top, cls)
+            canvas.polygon(self.ground_quad(x0, x1, z0, z1, y1), top, cls)
         canvas.rect(*self.front_rect(x0, x1, y0, y1, z0), color, cls)
 
     def _wheels(self, canvas, x0, x1, z0, z1, radius, cls) -> None:
@@ -511,27 +489,25 @@ class _Scene:
         x = rng.uniform(self.road_left + 0.8, self.road_right - 0.8)
         motor = rng.random() < 0.3
         vehicle = MOTORCYCLE if motor else BICYCLE
-        r = 0.33 if not motor else 0.3
-        half = 0.55 if not motor else 0.7
+        r, half = (0.3, 0.7) if motor else (0.33, 0.55)  # wheel radius, half wheelbase
         if not self.visible(z, 2 * r, 3):
             return
         color = _tone(rng, rng.uniform(20, 220, 3), 10)
         px = cam.scale(z)
-        ring = max(1, int(round(px * (0.05 if not motor else 0.12))))
+        ring = max(1, int(round(px * (0.12 if motor else 0.05))))
         for xc in (x - half, x + half):
             u0, v0 = cam(xc - r, 2 * r, z)
             u1, v1 = cam(xc + r, 0, z)
             canvas.ellipse(u0, v0, u1, v1, (30, 30, 30), vehicle, width=ring)
-        seat = (x - 0.1, 0.95 if not motor else 0.75)
-        frame = [cam(x - half, r, z), cam(*seat, z), cam(x + half * 0.7, 0.95, z),
-                 cam(x + half, r, z)]
+        seat = (x - 0.1, 0.75 if motor else 0.95)
         if motor:
             canvas.polygon([cam(x - half * 0.8, r, z), cam(x - 0.3, 0.85, z),
                             cam(x + half * 0.7, 0.95, z), cam(x + half * 0.6, r * 0.8, z)],
                            color, vehicle)
-        else:
-            canvas.line(frame + [cam(x, r, z), cam(x - half, r, z)], color, vehicle,
-                        max(1, px * 0.05))
+        else:  # the frame: rear hub, saddle, handlebar, front hub, bottom bracket, rear hub
+            frame = [(x - half, r), seat, (x + half * 0.7, 0.95), (x + half, r), (x, r),
+                     (x - half, r)]
+            canvas.line([cam(u, v, z) for u, v in frame], color, vehicle, max(1, px * 0.05))
         if rng.random() < 0.85:
             self._figure(canvas, x - 0.05, z - 0.01, rng.uniform(1.6, 1.9), RIDER, seated=True,
                          base=seat[1] - 0.15)
@@ -566,18 +542,17 @@ class _Scene:
         elif kind < 0.65:  # a traffic light, sometimes on an arm over the road
             arm = rng.random() < 0.4
             lx = x - side * rng.uniform(1.0, 3.0) if arm else x
-            top = height
             if arm:
-                canvas.line([cam(x, top - 0.1, z), cam(lx, top - 0.1, z)], color, POLE,
+                canvas.line([cam(x, height - 0.1, z), cam(lx, height - 0.1, z)], color, POLE,
                             max(1, cam.scale(z) * width))
-            u0, v0, u1, v1 = self.front_rect(lx - 0.18, lx + 0.18, top - 1.1, top - 0.1, z - 0.05)
+            u0, v0, u1, v1 = self.front_rect(lx - 0.18, lx + 0.18, height - 1.1, height - 0.1,
+                                             z - 0.05)
             canvas.rect(u0, v0, u1, v1, _tone(rng, (35, 35, 30), 6), LIGHT)
             lit = rng.integers(3)
+            cu, rad = (u0 + u1) / 2, (u1 - u0) * 0.3
             for k, lamp in enumerate([(220, 40, 30), (230, 170, 30), (40, 200, 80)]):
                 cv = v0 + (v1 - v0) * (k + 0.5) / 3
-                rad = (u1 - u0) * 0.3
-                tone = lamp if k == lit else tuple(c // 4 for c in lamp)
-                cu = (u0 + u1) / 2
+                tone = lamp if k == lit else tuple(c // 4 for c in lamp)  # unlit lamps are dim
                 canvas.ellipse(cu - rad, cv - rad, cu + rad, cv + rad, tone, LIGHT)
         elif kind < 0.8:  # a street lamp head
             canvas.rect(*self.front_rect(x - 0.3, x + 0.3, height - 0.25, height, z), color, POLE)
@@ -609,11 +584,8 @@ class _Scene:
         w, h = self.width, self.height
         top = h * (1 - self.rng.uniform(0.05, 0.12))
         color = _tone(self.rng, (40, 40, 48), 10)
-        points = [(0, h), (0, top + (h - top) * 0.5)]
-        for k in range(9):
-            t = k / 8
-            points.append((w * t, top + (h - top) * 0.5 * (2 * t - 1) ** 2))
-        points += [(w, top + (h - top) * 0.5), (w, h)]
+        curve = [(w * t, top + (h - top) * 0.5 * (2 * t - 1) ** 2) for t in np.arange(9) / 8]
+        points = [(0, h), (0, top + (h - top) * 0.5), *curve, (w, top + (h - top) * 0.5), (w, h)]
         canvas.polygon(points, color, IGNORE_INDEX)
 
 
@@ -638,6 +610,13 @@ def _finish(canvas: _Canvas, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     return np.clip(out, 0, 255).astype(np.uint8), label
 
 
+def _check_size(size: Sequence[int]) -> tuple[int, int]:
+    height, width = (int(s) for s in size)
+    if height < 32 or width < 32:
+        raise D3NetError(f"scene size must be at least 32x32 pixels, got {height}x{width}")
+    return height, width
+
+
 def generate_scene(rng: np.random.Generator,
                    size: Sequence[int] = (256, 512)) -> tuple[np.ndarray, np.ndarray]:
     """Draw one street scene.
@@ -649,9 +628,7 @@ def generate_scene(rng: np.random.Generator,
         ``(rgb, train_ids)``: uint8 arrays ``(height, width, 3)`` and ``(height, width)``
         with values in 0..18 and 255 (ignore: the ego vehicle).
     """
-    height, width = (int(s) for s in size)
-    if height < 32 or width < 32:
-        raise D3NetError(f"scene size must be at least 32x32 pixels, got {height}x{width}")
+    height, width = _check_size(size)
     scene = _Scene(rng, height, width)
     canvas = _Canvas(width, height)
     scene.draw_sky(canvas)
@@ -666,12 +643,9 @@ def generate_scene(rng: np.random.Generator,
 
 
 def split_sizes(images: int, splits: Sequence[str]) -> dict[str, int]:
-    """How many images each split gets.
-
-    The split rule: every split after the first gets ``max(1, images // 5)`` images and
-    the first split (normally ``train``) gets the rest, e.g. 20 images over
-    (train, val) -> 16 + 4, over (train, val, test) -> 12 + 4 + 4.
-    """
+    """How many images each split gets: every split after the first gets
+    ``max(1, images // 5)``, the first (normally ``train``) the rest, e.g. 20 images over
+    (train, val) -> 16 + 4, over (train, val, test) -> 12 + 4 + 4."""
     splits = list(splits)
     if not splits:
         raise D3NetError("at least one split is needed")
@@ -706,10 +680,9 @@ def generate_dataset(out: PathLike, images: int = 20,
         out/gtFine/<split>/<city>/<name>_gtFine_labelIds.png        (official ids)
 
     The ``test`` split gets images only, like the public Cityscapes test set. Images are
-    shared out with :func:`split_sizes` (later splits get ``images // 5`` each, the first
-    the rest) and across the split's cities (:data:`CITIES`, round robin). Scene ``k``
-    (counted over all splits in order) is drawn from ``numpy.random.default_rng([seed,
-    k])``, so the output depends only on the arguments.
+    shared out with :func:`split_sizes` and round robin over the split's :data:`CITIES`.
+    Scene ``k`` (counted over all splits in order) is drawn from
+    ``numpy.random.default_rng([seed, k])``, so the output depends only on the arguments.
 
     Args:
         out: output folder (created; existing files with the same names are replaced).
@@ -720,31 +693,24 @@ def generate_dataset(out: PathLike, images: int = 20,
         progress: show a progress bar.
     Returns:
         The number of images written per split.
+    Raises:
+        D3NetError: too few images, bad splits or size, or an unwritable ``out``.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise D3NetError(f"output {out} exists and is not a folder")
     check_writable(out)
     sizes = split_sizes(int(images), splits)
-    height, width = (int(s) for s in size)
-    if height < 32 or width < 32:
-        raise D3NetError(f"scene size must be at least 32x32 pixels, got {height}x{width}")
-
-    bar = tqdm(total=sum(sizes.values()), desc="synthetic scenes", unit="image",
-               disable=not progress)
-    index = 0
+    size = _check_size(size)
+    jobs = []  # (split, city) of every image, cities round robin within a split
     for split, count in sizes.items():
         cities = CITIES.get(split, (split,))
-        for k in range(count):
-            rgb, train_ids = generate_scene(np.random.default_rng([seed, index]), (height, width))
-            city = cities[k % len(cities)]
-            name = f"{city}_{index:06d}_000019"
-            _save_png(rgb, out / "leftImg8bit" / split / city / f"{name}_leftImg8bit.png")
-            if split != "test":
-                labels = out / "gtFine" / split / city
-                _save_png(train_ids, labels / f"{name}_gtFine_labelTrainIds.png")
-                _save_png(train_ids_to_label_ids(train_ids), labels / f"{name}_gtFine_labelIds.png")
-            index += 1
-            bar.update(1)
-    bar.close()
+        jobs += [(split, cities[k % len(cities)]) for k in range(count)]
+    for index, (split, city) in enumerate(tqdm(jobs, desc="synthetic scenes", unit="image",
+                                               disable=not progress)):
+        rgb, train_ids = generate_scene(np.random.default_rng([seed, index]), size)
+        name = f"{city}_{index:06d}_000019"
+        _save_png(rgb, out / "leftImg8bit" / split / city / f"{name}_leftImg8bit.png")
+        if split != "test":
+            labels = out / "gtFine" / split / city
+            _save_png(train_ids, labels / f"{name}_gtFine_labelTrainIds.png")
+            _save_png(train_ids_to_label_ids(train_ids), labels / f"{name}_gtFine_labelIds.png")
     return sizes
