@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
@@ -123,11 +122,11 @@ class MSSConfig:
     The signal processing belongs to the model: ``sample_rate`` (Hz), ``fft_size`` and
     ``hop_size`` (samples) define the STFT it was trained on, ``audio_channels`` the
     channels it takes; :class:`d3net.separate.Separator` uses them. ``patch_frames`` is
-    the inference patch (STFT frames per network call, the official ``test_patch_len``),
-    ``out_shift`` the hop between patches (the official name). Older files and the
-    official YAMLs say ``test_patch_len``; their ``patch_length`` (the official training
-    patch; training takes its patch from ``MSSHyperParams.patch_frames``) is dropped on
-    reading, or stands in for a missing ``test_patch_len`` in an official YAML.
+    the inference patch in STFT frames (the official ``test_patch_len``, read under that
+    name from older files), ``out_shift`` the hop between patches. The official training
+    patch ``patch_length`` is dropped on reading (training takes its patch from
+    ``MSSHyperParams.patch_frames``), except as a stand-in for a missing
+    ``test_patch_len`` in an official YAML.
     """
 
     target: str = "vocals"
@@ -188,7 +187,6 @@ class MSSConfig:
 Config = Union[SegConfig, MSSConfig]
 
 
-
 # ----------------------------------------------------------------------------- presets
 
 def _mss_official(target: str) -> MSSConfig:
@@ -198,25 +196,23 @@ def _mss_official(target: str) -> MSSConfig:
         high = BranchConfig(8, (1,) * 5, (2,) * 5, (1,) * 5, (1.0,) * 6)
         full = BranchConfig(32, (4, 5, 6, 7, 8, 6, 5, 4, 4), (13, 14, 15, 16, 17, 16, 14, 12, 11),
                             (2,) * 9, (1.0,) * 10)
-        return MSSConfig(target=target, name=f"mss-{target}", band_split=(256,),
-                         bands=(low, high), full=full)
-    if target == "drums":
+        split, patch = 256, 256
+    elif target == "drums":
         low = BranchConfig(32, (5, 5, 5, 4, 4, 4, 4), (16, 18, 20, 22, 20, 18, 16), (2,) * 7,
                            (1.0,) * 6)
         high = BranchConfig(8, (1,) * 5, (2,) * 5, (1,) * 5, (1.0,) * 5)
         full = BranchConfig(32, (4, 5, 6, 7, 8, 6, 6, 4, 4), (13, 14, 15, 16, 16, 16, 14, 12, 11),
                             (2,) * 9, (1.0,) * 10)
-        return MSSConfig(target=target, name="mss-drums", band_split=(128,),
-                         bands=(low, high), full=full)
-    if target == "bass":
+        split, patch = 128, 256
+    else:  # bass
         low = BranchConfig(32, (5, 5, 5, 5, 4, 4, 4), (16, 18, 18, 20, 18, 16, 16), (2,) * 7,
                            (1.0,) * 6)
         high = BranchConfig(8, (1,) * 7, (2,) * 7, (1,) * 7, (1.0,) * 6)
         full = BranchConfig(32, (4, 5, 6, 7, 8, 6, 6, 4, 4), (10, 10, 12, 14, 16, 14, 12, 8, 8),
                             (2,) * 9, (1.0,) * 10)
-        return MSSConfig(target=target, name="mss-bass", band_split=(192,), bands=(low, high),
-                         full=full, patch_frames=384, out_shift=192)
-    raise D3NetError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
+        split, patch = 192, 384
+    return MSSConfig(target=target, name=f"mss-{target}", band_split=(split,), bands=(low, high),
+                     full=full, patch_frames=patch, out_shift=patch // 2)
 
 
 def mss_small(target: str = "vocals") -> MSSConfig:
@@ -238,8 +234,7 @@ def _seg_l() -> SegConfig:
 
 
 SEG_PRESETS = {"d3net-s": SegConfig, "d3net-l": _seg_l}
-MSS_PRESETS = tuple(f"mss-{t}" for t in TARGETS) + ("mss-small",)
-PRESETS = tuple(SEG_PRESETS) + MSS_PRESETS
+PRESETS = (*SEG_PRESETS, *(f"mss-{t}" for t in TARGETS), "mss-small")
 
 
 def preset(name: str, target: Optional[str] = None) -> Config:
@@ -274,29 +269,15 @@ def from_dict(data: Dict[str, Any]) -> Config:
         cls = MSSConfig
     else:
         raise D3NetError(f"config has task {task!r}; expected 'seg' or 'mss'")
-    if cls is MSSConfig:
-        data = _renamed_mss_keys(data)
+    if cls is MSSConfig:  # older files and YAMLs: test_patch_len renamed, patch_length dropped
+        if "test_patch_len" in data:
+            data.setdefault("patch_frames", data.pop("test_patch_len"))
+        data.pop("patch_length", None)
     known = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - known)
     if unknown:
         raise D3NetError(f"unknown {task} config keys: {', '.join(unknown)}")
     return cls(**data)
-
-
-#: Keys of older d3net MSS configs (model files, YAMLs): old name -> new name, or None for
-#: a key that is dropped.
-_OLD_MSS_KEYS = {"test_patch_len": "patch_frames", "patch_length": None}
-
-
-def _renamed_mss_keys(data: Dict[str, Any]) -> Dict[str, Any]:
-    """``data`` with the old key names of :data:`_OLD_MSS_KEYS` translated."""
-    data = dict(data)
-    for old, new in _OLD_MSS_KEYS.items():
-        if old in data:
-            value = data.pop(old)
-            if new is not None:
-                data.setdefault(new, value)
-    return data
 
 
 def load_config(source: Union[PathLike, Config, Dict[str, Any]], task: Optional[str] = None,
@@ -308,27 +289,21 @@ def load_config(source: Union[PathLike, Config, Dict[str, Any]], task: Optional[
     """
     if isinstance(source, (SegConfig, MSSConfig)):
         return source
-    if isinstance(source, dict):
-        return _from_any_dict(source, task, target, "<dict>")
-    text = str(source)
-    path = Path(text)
-    if path.suffix.lower() not in (".yaml", ".yml") and not path.exists():
-        return preset(text, target)
-    if not path.is_file():
-        raise D3NetError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise D3NetError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise D3NetError(f"{path}: expected a mapping of config keys")
-    if target is None and path.stem.lower() in TARGETS:
-        target = path.stem.lower()
-    return _from_any_dict(data, task, target, str(path))
-
-
-def _from_any_dict(data: Dict[str, Any], task: Optional[str], target: Optional[str],
-                   origin: str) -> Config:
+    data, origin = source, "<dict>"
+    if not isinstance(source, dict):
+        path = Path(str(source))
+        if path.suffix.lower() not in (".yaml", ".yml") and not path.exists():
+            return preset(str(source), target)
+        if not path.is_file():
+            raise D3NetError(f"config file not found: {path}")
+        try:
+            data, origin = yaml.safe_load(path.read_text()), str(path)
+        except yaml.YAMLError as exc:
+            raise D3NetError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise D3NetError(f"{path}: expected a mapping of config keys")
+        if target is None and path.stem.lower() in TARGETS:
+            target = path.stem.lower()
     if "task" in data:
         return from_dict(data)
     return from_official(data, task=task, target=target, origin=origin)
@@ -399,6 +374,3 @@ def describe(config: Config) -> str:
         return f"{config.name} (music separation, target {config.target})"
     return f"{config.name} (segmentation, {config.num_classes} classes, {config.head} head)"
 
-
-def ceil_rate(rate: float, channels: int) -> int:
-    return int(math.ceil(rate * channels))

@@ -13,13 +13,14 @@ gate instead of 3x3), we follow the official configs so that the released weight
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..configs import BranchConfig, MSSConfig, ceil_rate
+from ..configs import BranchConfig, MSSConfig
 from ..nn import D2Block, D3Block, set_recompute
 
 
@@ -62,7 +63,7 @@ class EncoderDecoder(nn.Module):
         self.up = nn.ModuleList()
         self.up_blocks = nn.ModuleList()
         for j in range(levels):
-            up_channels = ceil_rate(cfg.up_rate(j), channels)
+            up_channels = math.ceil(cfg.up_rate(j) * channels)
             self.up.append(Upsample(channels, up_channels))
             i = levels + 1 + j
             block = D3Block(up_channels + skips[levels - 1 - j], cfg.growth_rate[i],
