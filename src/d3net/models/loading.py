@@ -48,14 +48,9 @@ Device = Union[str, torch.device, None]
 class Source:
     """What a model spec names, found without loading weights or downloading.
 
-    Attributes:
-        spec: the spec as given (for messages).
-        kind: ``"weights"``, ``"file"`` (d3net ``.safetensors``), ``"h5"`` (official) or
-            ``"folder"``.
-        path: the file or folder (``None`` for weight names).
-        weights: the registry entry (weight names only).
-        task: ``"mss"`` or ``"seg"`` when known without loading (``None`` for ``.h5``).
-        backbone_only: an ImageNet backbone (untrained head), known without loading.
+    ``kind`` is ``"weights"`` (then ``weights`` is the registry entry), ``"file"`` (d3net
+    ``.safetensors``), ``"h5"`` (official) or ``"folder"`` (then ``path`` is set); ``task``
+    is ``None`` where unknown before loading (``.h5``).
     """
 
     spec: str
@@ -153,10 +148,12 @@ def _files(source: Source, progress: bool) -> Dict[Optional[str], Path]:
         return {None: source.path / SEG_MODEL_FILE}
     files = {}
     for target in TARGETS:
-        for suffix in (".safetensors", ".h5"):
+        for suffix in (".h5", ".safetensors"):  # .safetensors wins over .h5
             if (source.path / f"{target}{suffix}").is_file():
                 files[target] = source.path / f"{target}{suffix}"
-                break
+    if not files:  # a folder whose model.safetensors holds a music model
+        raise D3NetError(f"{source.spec}: no separation model found (expected "
+                         f"<target>.safetensors for some of {', '.join(TARGETS)})")
     return files
 
 
@@ -203,21 +200,14 @@ def load(spec: Spec, task: Optional[str] = None, device: Device = None, *,
     if source.backbone_only:
         raise backbone_refused(source.spec)
     files = _files(source, progress)
-    if not files:
-        raise _no_separation_model(source.spec)
-    if None in files:
-        path = files[None]
-    else:
-        if target is None:
-            if len(files) != 1:
-                raise D3NetError(f"{source.spec}: holds {len(files)} separation models "
-                                 f"({', '.join(files)}); pass target=... or use "
-                                 "load_separation()")
-            target = next(iter(files))
+    if None not in files:
+        if target is None and len(files) != 1:
+            raise D3NetError(f"{source.spec}: holds {len(files)} separation models "
+                             f"({', '.join(files)}); pass target=... or use load_separation()")
+        target = target or next(iter(files))
         if target not in files:
             raise _no_target(source.spec, [target], files)
-        path = files[target]
-    model, backbone_only = _load_one(path, device)
+    model, backbone_only = _load_one(files.get(None) or files[target], device)
     found = _task_of(model)
     if task is not None and found != task:
         raise wrong_task(source.spec, found, task)
@@ -246,35 +236,24 @@ def load_separation(spec: Spec, targets: Optional[Sequence[str]] = None, device:
     """
     source = resolve(spec, "mss")
     files = _files(source, progress)
-    if not files:
-        raise _no_separation_model(source.spec)
-    if None in files:  # one model file: a one-target set
-        model, _ = _load_one(files[None], device)
-        if _task_of(model) != "mss":
-            raise wrong_task(source.spec, _task_of(model), "mss")
-        loaded = {model.config.target: model}
-        if targets is not None and [t for t in targets if t not in loaded]:
-            raise _no_target(source.spec, targets, loaded)
-        return loaded
-    wanted = list(files) if targets is None else list(targets)
-    if [t for t in wanted if t not in files]:
-        raise _no_target(source.spec, wanted, files)
+    single = None in files  # one model file: a one-target set
+    if not single:
+        wanted = list(files) if targets is None else list(targets)
+        if [t for t in wanted if t not in files]:
+            raise _no_target(source.spec, wanted, files)
+        files = {t: files[t] for t in TARGETS if t in wanted}
     models = {}
-    for target in (t for t in TARGETS if t in wanted):
-        model, _ = _load_one(files[target], device)
+    for target, path in files.items():
+        model, _ = _load_one(path, device)
         found = _task_of(model)
         if found != "mss":
-            raise wrong_task(str(files[target]), found, "mss")
-        if model.config.target != target:
-            raise D3NetError(f"{files[target]}: holds the {model.config.target} model, "
-                             f"not {target}")
-        models[target] = model
+            raise wrong_task(source.spec if single else str(path), found, "mss")
+        if not single and model.config.target != target:
+            raise D3NetError(f"{path}: holds the {model.config.target} model, not {target}")
+        models[model.config.target] = model
+    if single and targets is not None and [t for t in targets if t not in models]:
+        raise _no_target(source.spec, targets, models)
     return models
-
-
-def _no_separation_model(spec: str) -> D3NetError:
-    return D3NetError(f"{spec}: no separation model found (expected <target>.safetensors for "
-                      f"some of {', '.join(TARGETS)})")
 
 
 def _no_target(spec: str, wanted: Sequence[str], available) -> D3NetError:
@@ -303,7 +282,6 @@ def load_backbone_weights(model: nn.Module, weights: Spec, progress: bool = True
         D3NetError: not a segmentation model; weights of another task; a backbone of
             another size (names the mismatch).
     """
-
     config = getattr(model, "config", None)
     if not isinstance(config, SegConfig):
         raise D3NetError("a pretrained backbone goes into a segmentation model")

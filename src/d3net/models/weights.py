@@ -181,11 +181,6 @@ WEIGHTS: Dict[str, Weights] = {w.name: w for w in (
 )}
 
 
-def names() -> List[str]:
-    """Every weight name, in registry order."""
-    return list(WEIGHTS)
-
-
 def get_weights(name: Union[str, Weights]) -> Weights:
     """The registry entry of ``name`` (a :class:`Weights` is returned as is).
 
