@@ -24,16 +24,13 @@ from ..configs import BranchConfig, MSSConfig
 from ..nn import D2Block, D3Block, set_recompute
 
 
-class Upsample(nn.Module):
+class Upsample(nn.Sequential):
     """BN -> 2x2 stride-2 transposed convolution (with bias); no ReLU, as the official."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.norm = nn.BatchNorm2d(in_channels)
         self.conv = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(self.norm(x))
 
 
 class EncoderDecoder(nn.Module):
@@ -86,16 +83,13 @@ class EncoderDecoder(nn.Module):
         return x
 
 
-class MatchChannels(nn.Module):
+class MatchChannels(nn.Sequential):
     """BN -> conv1x1 (with bias), widening a narrow band's output (official match_fm_conv)."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.norm = nn.BatchNorm2d(in_channels)
         self.conv = nn.Conv2d(in_channels, out_channels, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(self.norm(x))
 
 
 class GatedOutput(nn.Module):
