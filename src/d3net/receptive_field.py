@@ -92,11 +92,8 @@ class CoverageMap:
     @property
     def blind_spots(self) -> int:
         """Positions inside the bounding box that the output position cannot see."""
-        box = self.bbox
-        if box is None:
-            return 0
-        (top, bottom), (left, right) = box
-        return int((~self.covered[top:bottom + 1, left:right + 1]).sum())
+        height, width = self.extent
+        return height * width - int(self.covered.sum())
 
     @property
     def profile(self) -> np.ndarray:
@@ -121,11 +118,7 @@ class CoverageMap:
     @property
     def blind_spots_1d(self) -> int:
         """Uncovered positions between the first and last covered one on the centre row."""
-        span = self.span
-        if span is None:
-            return 0
-        lo, hi = (s + self.centre[1] for s in span)
-        return int((self.profile[lo:hi + 1] <= 0).sum())
+        return self.field - int((self.profile > 0).sum())
 
 
 @dataclass
@@ -500,19 +493,15 @@ def plot_coverage(reports: Union[D2Report, Sequence[D2Report]], path: PathLike,
     from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
 
-    if isinstance(reports, D2Report):
-        reports = [reports]
-    reports = list(reports)
+    reports = [reports] if isinstance(reports, D2Report) else list(reports)
     if not reports:
         raise D3NetError("nothing to plot: no report given")
     path = Path(path)
     fmt = plot_format(path)
-    fig = Figure(figsize=(1, 1))
-    FigureCanvasAgg(fig)
-
     reach = max(max(abs(s) for s in (r.overall.span or (0, 0))) for r in reports) + 1
     rows = max(len(r.paths) for r in reports) + 1
-    fig.set_size_inches(max(4.0, 5.0 * len(reports)), 1.3 + 0.32 * rows)
+    fig = Figure(figsize=(max(4.0, 5.0 * len(reports)), 1.3 + 0.32 * rows))
+    FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(reports), squeeze=False)[0]
     # 0 outside the field, 1 covered, 2 blind spot
     colours = ListedColormap(["white", "#9ecae1", "#d62728"])

@@ -176,10 +176,6 @@ def load(spec: Spec, task: Optional[str] = None, device: Device = None, *,
          target: Optional[str] = None, progress: bool = True) -> nn.Module:
     """One network from a model spec, in eval mode.
 
-    ``load("model.safetensors")`` rebuilds a model file as before; ``load("official-d3net-s")``
-    fetches (first use), converts and caches Sony's weights; ``load("D3Net-S.h5")`` converts
-    an official file in memory.
-
     Args:
         spec: a model spec (module docstring).
         task: ``"seg"`` or ``"mss"``: refuse the other task (:func:`wrong_task`).
