@@ -1,13 +1,6 @@
-"""Model configurations as dataclasses: presets, YAML in/out, and the official YAML format.
-
-Two families:
-
-* :class:`SegConfig` -- D3Net segmentation backbone + head (D3Net-S, D3Net-L).
-* :class:`MSSConfig` -- the multi-band multi-scale music separation network of one target.
-
-Our YAML format is ``dataclasses.asdict`` of a config plus a ``task`` key. The official
-format (Sony's ``configs/*.yaml``) is recognised by its keys and translated; see
-:func:`from_official`. Presets are returned by :func:`preset`.
+"""Model configurations as dataclasses (:class:`SegConfig`, :class:`MSSConfig`), presets,
+and YAML: ours is ``dataclasses.asdict`` of a config plus a ``task`` key; the official
+format (Sony's ``configs/*.yaml``) is recognised by its keys and translated.
 """
 from __future__ import annotations
 
@@ -89,16 +82,13 @@ class BranchConfig:
     comp_rates: Tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        self.num_layers = tuple(self.num_layers)
-        self.growth_rate = tuple(self.growth_rate)
-        self.num_blocks = tuple(self.num_blocks)
+        for name in ("num_layers", "growth_rate", "num_blocks"):
+            setattr(self, name, tuple(getattr(self, name)))
         n = len(self.num_layers)
         if not (len(self.growth_rate) == len(self.num_blocks) == n) or n % 2 == 0:
             raise D3NetError("branch config: num_layers, growth_rate and num_blocks need the "
                              "same odd length")
-        if not self.comp_rates:
-            self.comp_rates = (1.0,) * n
-        self.comp_rates = tuple(float(c) for c in self.comp_rates)
+        self.comp_rates = tuple(float(c) for c in self.comp_rates or (1.0,) * n)
         if len(self.comp_rates) < n - 1:
             raise D3NetError(f"branch config: comp_rates needs at least {n - 1} entries")
         if min(self.num_layers) < 1 or min(self.num_blocks) < 1:

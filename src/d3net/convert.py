@@ -271,9 +271,9 @@ def nnabla_model(path: PathLike, config=None, task: Optional[str] = None,
         params = OrderedDict((n.split("/", 1)[1], v) for n, v in params.items())
         mapping = mss_name_map(model)
     else:
-        has_head = any(n.startswith("decode_head/") for n in params)
         if backbone_only is None:
-            backbone_only = not has_head and any(n.startswith("backbone/") for n in params)
+            backbone_only = (not any(n.startswith("decode_head/") for n in params)
+                             and any(n.startswith("backbone/") for n in params))
         mapping = seg_name_map(model, backbone_only=backbone_only)
         if backbone_only:
             ignored = [n for n in params if not n.startswith("backbone/")]
@@ -285,10 +285,9 @@ def nnabla_model(path: PathLike, config=None, task: Optional[str] = None,
     state = model.state_dict()
     missing = [n for n in mapping if n not in params]
     unexpected = [n for n in params if n not in mapping]
-    shapes = []
-    for name, key in mapping.items():
-        if name in params and params[name].size != state[key].numel():
-            shapes.append(f"{name} {params[name].shape} vs {tuple(state[key].shape)}")
+    shapes = [f"{name} {params[name].shape} vs {tuple(state[key].shape)}"
+              for name, key in mapping.items()
+              if name in params and params[name].size != state[key].numel()]
     if missing or unexpected or shapes:
         raise _mismatch(path, cfg, missing, unexpected, shapes, params=original)
     filled = set(mapping.values())
@@ -305,18 +304,11 @@ def nnabla_model(path: PathLike, config=None, task: Optional[str] = None,
 
 def unpack_official_zip(path: PathLike, folder: PathLike,
                         names: Optional[List[str]] = None) -> Dict[str, Path]:
-    """Extract the ``.h5`` files of an official archive (``d3net-mss.zip``) into ``folder``.
+    """Extract the ``.h5`` files ``names`` (default: all) of an official archive
+    (``d3net-mss.zip``) into ``folder`` (created); returns file name -> extracted path.
 
     Members are found by file name wherever they sit inside the archive and written under
     that name only (never outside ``folder``). Every member's CRC is checked.
-
-    Args:
-        path: the ``.zip`` file.
-        folder: where to write the ``.h5`` files (created).
-        names: the file names needed (e.g. ``["vocals.h5", ...]``); default: every ``.h5``.
-
-    Returns:
-        file name -> extracted path.
 
     Raises:
         D3NetError: not a complete zip archive, a corrupt member, or a needed file missing.

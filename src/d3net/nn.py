@@ -128,18 +128,16 @@ class MultiDilationConv2d(nn.Module):
     dilation ablation, where each receiving layer reads every source with its own
     (largest) dilation.
 
-    Shapes: ``(batch, in_channels, H, W) -> (batch, sum(group_channels), H, W)``.
+    Shapes: ``(batch, in_channels, H, W) -> (batch, sum of group channels, H, W)``.
     """
 
-    def __init__(self, in_channels: int, group_channels: Sequence[int], dilations: Sequence[int],
+    def __init__(self, in_channels: int, groups_dilations: Sequence[Tuple[int, int]],
                  kernel_size: int = 3, bias: bool = True):
         super().__init__()
-        if len(group_channels) != len(dilations):
-            raise ValueError("one dilation per output group is needed")
         self.convs = nn.ModuleList(
             nn.Conv2d(in_channels, c, kernel_size, padding=d * (kernel_size // 2), dilation=d,
                       bias=bias)
-            for c, d in zip(group_channels, dilations))
+            for c, d in groups_dilations)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([conv(x) for conv in self.convs], dim=1)
@@ -163,9 +161,8 @@ class BNReLUConv(Recomputable):
         self.norm = nn.BatchNorm2d(in_channels)
         self.relu = nn.ReLU(inplace=True)
         if groups_dilations is not None and len({d for _, d in groups_dilations}) > 1:
-            self.conv: nn.Module = MultiDilationConv2d(
-                in_channels, [c for c, _ in groups_dilations], [d for _, d in groups_dilations],
-                kernel_size, bias)
+            self.conv: nn.Module = MultiDilationConv2d(in_channels, groups_dilations,
+                                                       kernel_size, bias)
         else:
             if groups_dilations is not None:
                 dilation = groups_dilations[0][1]

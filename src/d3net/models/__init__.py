@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -22,7 +21,7 @@ from ..configs import (MSSConfig, SegConfig, TARGETS, describe, load_config, pre
                        to_dict)
 from ..errors import D3NetError
 from .files import FORMAT_NAME, FORMAT_VERSION, build, load_file, read_metadata, save
-from .loading import (load, load_backbone_weights, load_separation, resolve,
+from .loading import (Spec, load, load_backbone_weights, load_separation, resolve,
                       wrong_task)
 from ..nn import RECOMPUTE_MODES, recompute_mode, set_recompute
 from .segmentation import D3NetSegmentation
@@ -34,8 +33,6 @@ __all__ = ["D3NetSegmentation", "D3NetMSS", "d3net_s", "d3net_l", "d3net_mss", "
            "read_metadata", "count_parameters", "fingerprint", "Weights", "WEIGHTS",
            "get_weights", "wrong_task", "FORMAT_NAME", "FORMAT_VERSION",
            "set_recompute", "recompute_mode", "RECOMPUTE_MODES"]
-
-Spec = Union[str, "os.PathLike[str]", Weights]
 
 
 def d3net_s(num_classes: int = 19, head: str = "fcn", dilation: str = "multi", *,

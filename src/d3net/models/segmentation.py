@@ -175,10 +175,7 @@ class D3NetSegmentation(nn.Module):
     Input: ``(N, 3, H, W)`` images normalised with ``config.mean``/``config.std`` (0-255
     units). Output: logits ``(N, num_classes, H, W)`` at the input size, for any H, W.
     The official model returns the softmax in test mode; we return logits (softmax them
-    for probabilities).
-
-    ``recompute`` trades training time for memory (:func:`d3net.nn.set_recompute`; a
-    runtime setting, not part of the config or the model file).
+    for probabilities). ``recompute``: see :func:`d3net.nn.set_recompute`.
     """
 
     def __init__(self, config: Optional[SegConfig] = None,

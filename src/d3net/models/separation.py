@@ -115,10 +115,8 @@ class D3NetMSS(nn.Module):
     ``config.frame_multiple`` internally and cropped back.
 
     Internally the network runs on ``(batch, channels, frames, bins)`` like the official
-    code, so official kernels map without transposition.
-
-    ``recompute`` trades training time for memory (:func:`d3net.nn.set_recompute`; a
-    runtime setting, not part of the config or the model file).
+    code, so official kernels map without transposition. ``recompute``: see
+    :func:`d3net.nn.set_recompute`.
     """
 
     def __init__(self, config: Optional[MSSConfig] = None,

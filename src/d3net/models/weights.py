@@ -28,15 +28,9 @@ _SONY_LICENCE = ("published by Sony for sony/ai-research-code (its code is Apach
 
 @dataclass(frozen=True)
 class Member:
-    """One model file of a weight set.
-
-    Attributes:
-        output: the converted file's name in the cache folder (``vocals.safetensors``,
-            ``model.safetensors``).
-        config: the preset it converts to (``mss-vocals``, ``d3net-s``, ...).
-        source: the file inside the downloaded archive (``vocals.h5``); ``None`` when the
-            download itself is the ``.h5`` file.
-    """
+    """One model file of a weight set: its name in the cache folder (``output``), the preset
+    it converts to, and its ``source`` file inside the downloaded archive (``None`` when
+    the download itself is the ``.h5`` file)."""
 
     output: str
     config: str
