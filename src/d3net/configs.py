@@ -300,8 +300,7 @@ def load_config(source: Union[PathLike, Config, Dict[str, Any]], task: Optional[
 
 
 def from_official(data: Dict[str, Any], task: Optional[str] = None,
-                  target: Optional[str] = None, name: Optional[str] = None,
-                  origin: str = "<official config>") -> Config:
+                  target: Optional[str] = None, origin: str = "<official config>") -> Config:
     """Translate an official NNabla D3Net config (dict of its YAML) to ours."""
     looks_mss = "band_split_idxs" in data
     looks_seg = "n_blocks" in data and "dens_k" in data
@@ -312,22 +311,22 @@ def from_official(data: Dict[str, Any], task: Optional[str] = None,
         task = "mss" if looks_mss else "seg"
     try:
         if task == "seg":
-            return _seg_from_official(data, name or "custom")
+            return _seg_from_official(data)
         if task == "mss":
-            return _mss_from_official(data, target or "vocals", name)
+            return _mss_from_official(data, target or "vocals")
     except KeyError as exc:
         raise D3NetError(f"{origin}: missing key {exc.args[0]!r} for a {task} config") from None
     raise D3NetError(f"task must be 'seg' or 'mss', got {task!r}")
 
 
-def _seg_from_official(d: Dict[str, Any], name: str) -> SegConfig:
+def _seg_from_official(d: Dict[str, Any]) -> SegConfig:
     flags = d.get("dilation", [True] * 4)
     flags = flags if isinstance(flags, (list, tuple)) else [flags] * 4
     if len(set(bool(f) for f in flags)) > 1:
         raise D3NetError("official configs with dilation on for some scales only are not "
                          "supported")
     return SegConfig(
-        name=name, num_init_features=d["num_init_features"], num_layers=d["num_layers"],
+        name="custom", num_init_features=d["num_init_features"], num_layers=d["num_layers"],
         num_blocks=d["n_blocks"], growth_rate=d["dens_k"], compression=d["block_comp"],
         out_layers=d["dense_n_out_layer_block"], feature_channels=d["intermediate_out_ch"],
         transition_factor=d["trans_comp_factor"],
@@ -336,7 +335,7 @@ def _seg_from_official(d: Dict[str, Any], name: str) -> SegConfig:
         std=tuple(d.get("std", CITYSCAPES_STD)))
 
 
-def _mss_from_official(d: Dict[str, Any], target: str, name: Optional[str]) -> MSSConfig:
+def _mss_from_official(d: Dict[str, Any], target: str) -> MSSConfig:
     bands = tuple(
         BranchConfig(init, layers, ks, blocks, comps)
         for init, layers, ks, blocks, comps in zip(
@@ -349,7 +348,7 @@ def _mss_from_official(d: Dict[str, Any], target: str, name: Optional[str]) -> M
         raise D3NetError("only 3x3 kernels are supported")
     patch = d.get("test_patch_len", d.get("patch_length", 256))
     return MSSConfig(
-        target=target, name=name or f"mss-{target}", band_split=tuple(d["band_split_idxs"]),
+        target=target, name=f"mss-{target}", band_split=tuple(d["band_split_idxs"]),
         valid_bins=d["valid_signal_idx"], bands=bands, full=full,
         final_growth_rate=d["ttl_dens_k"], final_num_layers=d["ttl_num_layer_block"],
         audio_channels=d.get("n_channels", 2), fft_size=d.get("fft_size", 4096),

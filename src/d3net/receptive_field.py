@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -162,10 +162,10 @@ class D2Report:
     paths: List[PathCoverage]
     overall: CoverageMap
     two_d: bool = True
-    expected_field: int = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.expected_field = analytic_field(self.num_layers, self.dilation, self.kernel_size)
+    @property
+    def expected_field(self) -> int:
+        return analytic_field(self.num_layers, self.dilation, self.kernel_size)
 
     @property
     def field(self) -> int:
@@ -176,9 +176,6 @@ class D2Report:
     def blind_paths(self) -> List[PathCoverage]:
         """The convolutions that have blind spots."""
         return [p for p in self.paths if p.blind_spots or p.blind_spots_2d]
-
-    def for_layer(self, layer: int) -> List[PathCoverage]:
-        return [p for p in self.paths if p.layer == layer]
 
 
 def analytic_field(num_layers: int, dilation: str, kernel_size: int = 3) -> int:
@@ -342,8 +339,7 @@ def analyze_block(block: D2Block, two_d: Optional[bool] = None,
     are checked not to reach its edge. ``two_d=None`` analyses a square window when it is
     at most ``MAX_SQUARE_WINDOW`` wide, else a one-row strip (the 1-D setting of Fig. 3).
     """
-    radius = _max_reach(block)
-    width = 2 * (radius + WINDOW_MARGIN) + 1
+    width = 2 * (_max_reach(block) + WINDOW_MARGIN) + 1
     if two_d is None:
         two_d = width <= MAX_SQUARE_WINDOW
     height = width if two_d else 1

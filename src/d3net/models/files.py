@@ -42,8 +42,7 @@ def save(model: nn.Module, path: PathLike, extra: Optional[Dict[str, str]] = Non
     if config is None:
         raise D3NetError("only d3net models (with a .config) can be saved")
     metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-                "config": json.dumps(to_dict(config))}
-    metadata.update(extra or {})
+                "config": json.dumps(to_dict(config)), **(extra or {})}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     path = Path(path)
     with atomic_path(path) as tmp:

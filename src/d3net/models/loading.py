@@ -14,12 +14,8 @@ separation model folder  ``<target>.safetensors`` (or official ``<target>.h5``) 
 segmentation folder      ``FOLDER/model.safetensors``; a ``d3net train seg`` run folder
 =======================  ===============================================================
 
-Names win over paths: write ``./demo`` for a local folder called ``demo``.
-
-Return contract: :func:`load` always returns one network (``nn.Module``, eval mode);
-:func:`load_separation` returns a separation set as ``{target: network}`` in the order
-vocals, drums, bass, other. A spec of the wrong task is refused with the same sentence
-everywhere (:func:`wrong_task`).
+Names win over paths: write ``./demo`` for a local folder called ``demo``. A spec of the
+wrong task is refused with the same sentence everywhere (:func:`wrong_task`).
 """
 from __future__ import annotations
 
@@ -161,11 +157,9 @@ def _load_one(path: Path, device: Device) -> Tuple[nn.Module, bool]:
     """(model, whether it is an ImageNet backbone only) from a model file or official .h5."""
     if path.suffix.lower() == ".h5":
         model, backbone_only = nnabla_model(path)
-        if device is not None:
-            model.to(device)
-        return model, backbone_only
-    metadata = read_metadata(path)
-    return load_file(path, device), metadata.get("backbone_only") == "true"
+    else:
+        model, backbone_only = load_file(path), read_metadata(path).get("backbone_only") == "true"
+    return model.to(device) if device is not None else model, backbone_only
 
 
 def _task_of(model: nn.Module) -> Optional[str]:
