@@ -165,3 +165,14 @@ def test_fingerprint_follows_weights_and_config():
     assert models.fingerprint(a) != models.fingerprint(b)
     with pytest.raises(D3NetError, match="fingerprint"):
         models.fingerprint(torch.nn.Linear(2, 2))
+
+
+def test_summary_cli_prints_parameters_and_shapes(capsys):
+    from d3net.cli import main
+
+    assert main(["summary", "--config", "mss-small", "--size", "16", "-q"]) == 0
+    out = capsys.readouterr().out
+    parameters = models.count_parameters(models.create("mss-small"))
+    assert f"{parameters:,} trainable" in out and "(1, 2, 2049, 16)" in out
+    assert main(["summary", "--size", "6x"]) == 2
+    assert "--size must be HEIGHTxWIDTH" in capsys.readouterr().err

@@ -56,7 +56,7 @@ def test_standard_dilation_has_the_blind_spots_of_fig3a():
     assert covered_offsets(blind[3, 1]) == set(range(-5, 6)) - {-2, 2}
     assert blind[3, 1].blind_spots == 2
     # the path through every layer is whole, and so is the union: it hides the holes
-    assert report.for_layer(3)[-1].blind_spots == 0
+    assert [p for p in report.paths if p.layer == 3][-1].blind_spots == 0
     assert report.overall.blind_spots == 0 and report.field == 15
 
 

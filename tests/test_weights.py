@@ -297,7 +297,7 @@ def test_mirror_replaces_the_official_prefix(monkeypatch):
 def test_registry_entries():
     names = ["official-mss", "official-d3net-s", "official-d3net-l",
              "official-d3net-s-backbone", "official-d3net-l-backbone", "demo"]
-    assert registry.names() == names
+    assert list(registry.WEIGHTS) == names
     mss = registry.get_weights("official-mss")
     assert mss.sha1 == "ada6858b467628f2f57489f0e862982aeb87942c" and mss.archive == "zip"
     assert [m.source for m in mss.members] == [f"{t}.h5" for t in TARGETS]
@@ -319,7 +319,7 @@ def test_weights_cli_list_fetch_path(server, capsys):
 
     assert main(["weights", "list"]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
-    assert set(registry.names()) <= set(rows)
+    assert set(registry.WEIGHTS) <= set(rows)
     assert "not cached" in rows["official-d3net-s"] and "~41 MB" in rows["official-d3net-s"]
     assert server.url + "/semantic-segmentation/D3Net-S.h5" in rows["official-d3net-s"]
     assert "bundled" in rows["demo"] and "79.9 mIoU" in rows["official-d3net-s"]

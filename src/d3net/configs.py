@@ -1,19 +1,11 @@
-"""Model configurations as dataclasses: presets, YAML in/out, and the official YAML format.
-
-Two families:
-
-* :class:`SegConfig` -- D3Net segmentation backbone + head (D3Net-S, D3Net-L).
-* :class:`MSSConfig` -- the multi-band multi-scale music separation network of one target.
-
-Our YAML format is ``dataclasses.asdict`` of a config plus a ``task`` key. The official
-format (Sony's ``configs/*.yaml``) is recognised by its keys and translated; see
-:func:`from_official`. Presets are returned by :func:`preset`.
+"""Model configurations as dataclasses (:class:`SegConfig`, :class:`MSSConfig`), presets,
+and YAML: ours is ``dataclasses.asdict`` of a config plus a ``task`` key; the official
+format (Sony's ``configs/*.yaml``) is recognised by its keys and translated.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
@@ -90,16 +82,13 @@ class BranchConfig:
     comp_rates: Tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        self.num_layers = tuple(self.num_layers)
-        self.growth_rate = tuple(self.growth_rate)
-        self.num_blocks = tuple(self.num_blocks)
+        for name in ("num_layers", "growth_rate", "num_blocks"):
+            setattr(self, name, tuple(getattr(self, name)))
         n = len(self.num_layers)
         if not (len(self.growth_rate) == len(self.num_blocks) == n) or n % 2 == 0:
             raise D3NetError("branch config: num_layers, growth_rate and num_blocks need the "
                              "same odd length")
-        if not self.comp_rates:
-            self.comp_rates = (1.0,) * n
-        self.comp_rates = tuple(float(c) for c in self.comp_rates)
+        self.comp_rates = tuple(float(c) for c in self.comp_rates or (1.0,) * n)
         if len(self.comp_rates) < n - 1:
             raise D3NetError(f"branch config: comp_rates needs at least {n - 1} entries")
         if min(self.num_layers) < 1 or min(self.num_blocks) < 1:
@@ -123,11 +112,11 @@ class MSSConfig:
     The signal processing belongs to the model: ``sample_rate`` (Hz), ``fft_size`` and
     ``hop_size`` (samples) define the STFT it was trained on, ``audio_channels`` the
     channels it takes; :class:`d3net.separate.Separator` uses them. ``patch_frames`` is
-    the inference patch (STFT frames per network call, the official ``test_patch_len``),
-    ``out_shift`` the hop between patches (the official name). Older files and the
-    official YAMLs say ``test_patch_len``; their ``patch_length`` (the official training
-    patch; training takes its patch from ``MSSHyperParams.patch_frames``) is dropped on
-    reading, or stands in for a missing ``test_patch_len`` in an official YAML.
+    the inference patch in STFT frames (the official ``test_patch_len``, read under that
+    name from older files), ``out_shift`` the hop between patches. The official training
+    patch ``patch_length`` is dropped on reading (training takes its patch from
+    ``MSSHyperParams.patch_frames``), except as a stand-in for a missing
+    ``test_patch_len`` in an official YAML.
     """
 
     target: str = "vocals"
@@ -188,7 +177,6 @@ class MSSConfig:
 Config = Union[SegConfig, MSSConfig]
 
 
-
 # ----------------------------------------------------------------------------- presets
 
 def _mss_official(target: str) -> MSSConfig:
@@ -198,25 +186,23 @@ def _mss_official(target: str) -> MSSConfig:
         high = BranchConfig(8, (1,) * 5, (2,) * 5, (1,) * 5, (1.0,) * 6)
         full = BranchConfig(32, (4, 5, 6, 7, 8, 6, 5, 4, 4), (13, 14, 15, 16, 17, 16, 14, 12, 11),
                             (2,) * 9, (1.0,) * 10)
-        return MSSConfig(target=target, name=f"mss-{target}", band_split=(256,),
-                         bands=(low, high), full=full)
-    if target == "drums":
+        split, patch = 256, 256
+    elif target == "drums":
         low = BranchConfig(32, (5, 5, 5, 4, 4, 4, 4), (16, 18, 20, 22, 20, 18, 16), (2,) * 7,
                            (1.0,) * 6)
         high = BranchConfig(8, (1,) * 5, (2,) * 5, (1,) * 5, (1.0,) * 5)
         full = BranchConfig(32, (4, 5, 6, 7, 8, 6, 6, 4, 4), (13, 14, 15, 16, 16, 16, 14, 12, 11),
                             (2,) * 9, (1.0,) * 10)
-        return MSSConfig(target=target, name="mss-drums", band_split=(128,),
-                         bands=(low, high), full=full)
-    if target == "bass":
+        split, patch = 128, 256
+    else:  # bass
         low = BranchConfig(32, (5, 5, 5, 5, 4, 4, 4), (16, 18, 18, 20, 18, 16, 16), (2,) * 7,
                            (1.0,) * 6)
         high = BranchConfig(8, (1,) * 7, (2,) * 7, (1,) * 7, (1.0,) * 6)
         full = BranchConfig(32, (4, 5, 6, 7, 8, 6, 6, 4, 4), (10, 10, 12, 14, 16, 14, 12, 8, 8),
                             (2,) * 9, (1.0,) * 10)
-        return MSSConfig(target=target, name="mss-bass", band_split=(192,), bands=(low, high),
-                         full=full, patch_frames=384, out_shift=192)
-    raise D3NetError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
+        split, patch = 192, 384
+    return MSSConfig(target=target, name=f"mss-{target}", band_split=(split,), bands=(low, high),
+                     full=full, patch_frames=patch, out_shift=patch // 2)
 
 
 def mss_small(target: str = "vocals") -> MSSConfig:
@@ -238,8 +224,7 @@ def _seg_l() -> SegConfig:
 
 
 SEG_PRESETS = {"d3net-s": SegConfig, "d3net-l": _seg_l}
-MSS_PRESETS = tuple(f"mss-{t}" for t in TARGETS) + ("mss-small",)
-PRESETS = tuple(SEG_PRESETS) + MSS_PRESETS
+PRESETS = (*SEG_PRESETS, *(f"mss-{t}" for t in TARGETS), "mss-small")
 
 
 def preset(name: str, target: Optional[str] = None) -> Config:
@@ -274,29 +259,15 @@ def from_dict(data: Dict[str, Any]) -> Config:
         cls = MSSConfig
     else:
         raise D3NetError(f"config has task {task!r}; expected 'seg' or 'mss'")
-    if cls is MSSConfig:
-        data = _renamed_mss_keys(data)
+    if cls is MSSConfig:  # older files and YAMLs: test_patch_len renamed, patch_length dropped
+        if "test_patch_len" in data:
+            data.setdefault("patch_frames", data.pop("test_patch_len"))
+        data.pop("patch_length", None)
     known = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - known)
     if unknown:
         raise D3NetError(f"unknown {task} config keys: {', '.join(unknown)}")
     return cls(**data)
-
-
-#: Keys of older d3net MSS configs (model files, YAMLs): old name -> new name, or None for
-#: a key that is dropped.
-_OLD_MSS_KEYS = {"test_patch_len": "patch_frames", "patch_length": None}
-
-
-def _renamed_mss_keys(data: Dict[str, Any]) -> Dict[str, Any]:
-    """``data`` with the old key names of :data:`_OLD_MSS_KEYS` translated."""
-    data = dict(data)
-    for old, new in _OLD_MSS_KEYS.items():
-        if old in data:
-            value = data.pop(old)
-            if new is not None:
-                data.setdefault(new, value)
-    return data
 
 
 def load_config(source: Union[PathLike, Config, Dict[str, Any]], task: Optional[str] = None,
@@ -308,35 +279,28 @@ def load_config(source: Union[PathLike, Config, Dict[str, Any]], task: Optional[
     """
     if isinstance(source, (SegConfig, MSSConfig)):
         return source
-    if isinstance(source, dict):
-        return _from_any_dict(source, task, target, "<dict>")
-    text = str(source)
-    path = Path(text)
-    if path.suffix.lower() not in (".yaml", ".yml") and not path.exists():
-        return preset(text, target)
-    if not path.is_file():
-        raise D3NetError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise D3NetError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise D3NetError(f"{path}: expected a mapping of config keys")
-    if target is None and path.stem.lower() in TARGETS:
-        target = path.stem.lower()
-    return _from_any_dict(data, task, target, str(path))
-
-
-def _from_any_dict(data: Dict[str, Any], task: Optional[str], target: Optional[str],
-                   origin: str) -> Config:
+    data, origin = source, "<dict>"
+    if not isinstance(source, dict):
+        path = Path(str(source))
+        if path.suffix.lower() not in (".yaml", ".yml") and not path.exists():
+            return preset(str(source), target)
+        if not path.is_file():
+            raise D3NetError(f"config file not found: {path}")
+        try:
+            data, origin = yaml.safe_load(path.read_text()), str(path)
+        except yaml.YAMLError as exc:
+            raise D3NetError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise D3NetError(f"{path}: expected a mapping of config keys")
+        if target is None and path.stem.lower() in TARGETS:
+            target = path.stem.lower()
     if "task" in data:
         return from_dict(data)
     return from_official(data, task=task, target=target, origin=origin)
 
 
 def from_official(data: Dict[str, Any], task: Optional[str] = None,
-                  target: Optional[str] = None, name: Optional[str] = None,
-                  origin: str = "<official config>") -> Config:
+                  target: Optional[str] = None, origin: str = "<official config>") -> Config:
     """Translate an official NNabla D3Net config (dict of its YAML) to ours."""
     looks_mss = "band_split_idxs" in data
     looks_seg = "n_blocks" in data and "dens_k" in data
@@ -347,22 +311,22 @@ def from_official(data: Dict[str, Any], task: Optional[str] = None,
         task = "mss" if looks_mss else "seg"
     try:
         if task == "seg":
-            return _seg_from_official(data, name or "custom")
+            return _seg_from_official(data)
         if task == "mss":
-            return _mss_from_official(data, target or "vocals", name)
+            return _mss_from_official(data, target or "vocals")
     except KeyError as exc:
         raise D3NetError(f"{origin}: missing key {exc.args[0]!r} for a {task} config") from None
     raise D3NetError(f"task must be 'seg' or 'mss', got {task!r}")
 
 
-def _seg_from_official(d: Dict[str, Any], name: str) -> SegConfig:
+def _seg_from_official(d: Dict[str, Any]) -> SegConfig:
     flags = d.get("dilation", [True] * 4)
     flags = flags if isinstance(flags, (list, tuple)) else [flags] * 4
     if len(set(bool(f) for f in flags)) > 1:
         raise D3NetError("official configs with dilation on for some scales only are not "
                          "supported")
     return SegConfig(
-        name=name, num_init_features=d["num_init_features"], num_layers=d["num_layers"],
+        name="custom", num_init_features=d["num_init_features"], num_layers=d["num_layers"],
         num_blocks=d["n_blocks"], growth_rate=d["dens_k"], compression=d["block_comp"],
         out_layers=d["dense_n_out_layer_block"], feature_channels=d["intermediate_out_ch"],
         transition_factor=d["trans_comp_factor"],
@@ -371,7 +335,7 @@ def _seg_from_official(d: Dict[str, Any], name: str) -> SegConfig:
         std=tuple(d.get("std", CITYSCAPES_STD)))
 
 
-def _mss_from_official(d: Dict[str, Any], target: str, name: Optional[str]) -> MSSConfig:
+def _mss_from_official(d: Dict[str, Any], target: str) -> MSSConfig:
     bands = tuple(
         BranchConfig(init, layers, ks, blocks, comps)
         for init, layers, ks, blocks, comps in zip(
@@ -384,7 +348,7 @@ def _mss_from_official(d: Dict[str, Any], target: str, name: Optional[str]) -> M
         raise D3NetError("only 3x3 kernels are supported")
     patch = d.get("test_patch_len", d.get("patch_length", 256))
     return MSSConfig(
-        target=target, name=name or f"mss-{target}", band_split=tuple(d["band_split_idxs"]),
+        target=target, name=f"mss-{target}", band_split=tuple(d["band_split_idxs"]),
         valid_bins=d["valid_signal_idx"], bands=bands, full=full,
         final_growth_rate=d["ttl_dens_k"], final_num_layers=d["ttl_num_layer_block"],
         audio_channels=d.get("n_channels", 2), fft_size=d.get("fft_size", 4096),
@@ -399,6 +363,3 @@ def describe(config: Config) -> str:
         return f"{config.name} (music separation, target {config.target})"
     return f"{config.name} (segmentation, {config.num_classes} classes, {config.head} head)"
 
-
-def ceil_rate(rate: float, channels: int) -> int:
-    return int(math.ceil(rate * channels))

@@ -10,12 +10,12 @@ The mapping is strict: every official parameter is used exactly once and every m
 parameter and BatchNorm statistic is filled (``num_batches_tracked`` has no official
 counterpart). Anything else is an error naming the first offending names.
 
-:mod:`d3net.models` imports this module (its loader reads official files), so the
-functions here that build models import :mod:`d3net.models` when called: an import cycle
-otherwise.
+Functions here that build models import :mod:`d3net.models` when called: it imports this
+module (its loader reads official files), a cycle otherwise.
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 import warnings
 import zipfile
@@ -184,10 +184,6 @@ def _add_backbone_scope(params: "OrderedDict[str, np.ndarray]") -> "OrderedDict[
     return params
 
 
-def _scope_of(params: Dict[str, np.ndarray]) -> str:
-    return next(iter(params)).split("/", 1)[0]
-
-
 def infer_config(params: Dict[str, np.ndarray], path: Optional[PathLike] = None):
     """Guess the preset of an official file: d3net-s/-l from widths, mss-<target> from scope."""
     scopes = {name.split("/", 1)[0] for name in params}
@@ -254,11 +250,10 @@ def nnabla_model(path: PathLike, config=None, task: Optional[str] = None,
 
     params = _add_backbone_scope(read_nnabla_h5(path))
     original = params
-    target = None
     if config is None:
         cfg = infer_config(params, path)
     else:
-        scope = _scope_of(params)
+        scope = next(iter(params)).split("/", 1)[0]
         target = scope if scope in TARGETS else (
             Path(path).stem.lower() if Path(path).stem.lower() in TARGETS else None)
         cfg = load_config(config, task=task, target=target)
@@ -266,20 +261,19 @@ def nnabla_model(path: PathLike, config=None, task: Optional[str] = None,
 
     if isinstance(cfg, MSSConfig):
         scopes = {n.split("/", 1)[0] for n in params}
-        if len(scopes) != 1 or scopes.pop() not in TARGETS:
+        scope = scopes.pop()
+        if scopes or scope not in TARGETS:
             raise _mismatch(path, cfg, [], list(params)[:3], params=original)
-        scope = next(iter(params)).split("/", 1)[0]
         if scope != cfg.target and cfg.name != f"mss-{scope}" and cfg.name.startswith("mss-") \
                 and cfg.name[4:] in TARGETS:
             raise D3NetError(f"{path}: holds the {scope} model, but the config is {cfg.name}")
-        if scope != cfg.target:
-            cfg.target = scope
+        cfg.target = scope
         params = OrderedDict((n.split("/", 1)[1], v) for n, v in params.items())
         mapping = mss_name_map(model)
     else:
-        has_head = any(n.startswith("decode_head/") for n in params)
         if backbone_only is None:
-            backbone_only = not has_head and any(n.startswith("backbone/") for n in params)
+            backbone_only = (not any(n.startswith("decode_head/") for n in params)
+                             and any(n.startswith("backbone/") for n in params))
         mapping = seg_name_map(model, backbone_only=backbone_only)
         if backbone_only:
             ignored = [n for n in params if not n.startswith("backbone/")]
@@ -291,10 +285,9 @@ def nnabla_model(path: PathLike, config=None, task: Optional[str] = None,
     state = model.state_dict()
     missing = [n for n in mapping if n not in params]
     unexpected = [n for n in params if n not in mapping]
-    shapes = []
-    for name, key in mapping.items():
-        if name in params and params[name].size != state[key].numel():
-            shapes.append(f"{name} {params[name].shape} vs {tuple(state[key].shape)}")
+    shapes = [f"{name} {params[name].shape} vs {tuple(state[key].shape)}"
+              for name, key in mapping.items()
+              if name in params and params[name].size != state[key].numel()]
     if missing or unexpected or shapes:
         raise _mismatch(path, cfg, missing, unexpected, shapes, params=original)
     filled = set(mapping.values())
@@ -311,18 +304,11 @@ def nnabla_model(path: PathLike, config=None, task: Optional[str] = None,
 
 def unpack_official_zip(path: PathLike, folder: PathLike,
                         names: Optional[List[str]] = None) -> Dict[str, Path]:
-    """Extract the ``.h5`` files of an official archive (``d3net-mss.zip``) into ``folder``.
+    """Extract the ``.h5`` files ``names`` (default: all) of an official archive
+    (``d3net-mss.zip``) into ``folder`` (created); returns file name -> extracted path.
 
     Members are found by file name wherever they sit inside the archive and written under
     that name only (never outside ``folder``). Every member's CRC is checked.
-
-    Args:
-        path: the ``.zip`` file.
-        folder: where to write the ``.h5`` files (created).
-        names: the file names needed (e.g. ``["vocals.h5", ...]``); default: every ``.h5``.
-
-    Returns:
-        file name -> extracted path.
 
     Raises:
         D3NetError: not a complete zip archive, a corrupt member, or a needed file missing.
@@ -344,11 +330,7 @@ def unpack_official_zip(path: PathLike, folder: PathLike,
             extracted = {}
             for name in wanted:
                 with archive.open(members[name]) as source, open(folder / name, "wb") as target:
-                    while True:  # reading to the end checks the member's CRC
-                        block = source.read(1 << 20)
-                        if not block:
-                            break
-                        target.write(block)
+                    shutil.copyfileobj(source, target)  # reading to the end checks the CRC
                 extracted[name] = folder / name
     except (zipfile.BadZipFile, EOFError) as exc:
         raise D3NetError(f"{path}: not a complete zip archive ({exc})") from None

@@ -17,12 +17,7 @@ BatchNorm per source instead of one per (layer, source) pair:
 
 So a layer reading source ``i`` (0 = block input) always does so with dilation ``2**i``:
 the multidilated convolution, with one convolution per source rather than one per
-(layer, source) pair.
-
-Memory-efficient training (:func:`set_recompute`): the blocks can drop their intermediate
-activations in the forward pass and recompute them in the backward pass, the technique of
-Pleiss et al., "Memory-Efficient Implementation of DenseNets" (2017), and the official
-training scripts' ``--recompute`` option.
+(layer, source) pair. Memory-efficient training: :func:`set_recompute`.
 """
 from __future__ import annotations
 
@@ -50,34 +45,15 @@ def check_dilation(dilation: str, owner: str = "") -> str:
 
 # ----------------------------------------------------------------------------- recompute
 
-def check_recompute(mode: Union[bool, str, None]) -> str:
-    """Normalise a recompute option: ``False``/``None`` -> ``"none"``, ``True`` -> the
-    default granularity (:data:`DEFAULT_RECOMPUTE`), a name of :data:`RECOMPUTE_MODES` as is.
-
-    Raises:
-        ValueError: an unknown mode.
-    """
-    if mode is None or mode is False:
-        return "none"
-    if mode is True:
-        return DEFAULT_RECOMPUTE
-    if mode not in RECOMPUTE_MODES:
-        raise ValueError(f"recompute must be one of {RECOMPUTE_MODES} (or True/False), "
-                         f"got {mode!r}")
-    return mode
-
-
 @contextlib.contextmanager
 def _running_stats_frozen(module: nn.Module) -> Iterator[None]:
-    """BatchNorm layers in ``module`` normalise with the batch's statistics, as in training,
-    but leave ``running_mean``, ``running_var`` and ``num_batches_tracked`` as they are.
+    """BatchNorm layers in ``module`` normalise with the batch's statistics but leave their
+    running statistics as they are: a recomputation runs under this, so that they are
+    updated once per step, not twice.
 
-    The recomputation of a training forward runs under this, so that the statistics are
-    updated once per step (by the first forward), not twice. The layers still receive
-    their running statistics (the checkpoint checks that the recomputation saves the same
-    tensors), with an averaging factor of 0 (``momentum = 0``: the new value is exactly the
-    old one); the count they add to is set back afterwards. Works for ``SyncBatchNorm``
-    too, whose recomputation gathers the batch statistics across processes again.
+    The layers still receive their running statistics (the checkpoint checks that the
+    recomputation saves the same tensors), with ``momentum = 0`` (the new value is exactly
+    the old one); the count is set back afterwards. Works for ``SyncBatchNorm`` too.
     """
     norms = [m for m in module.modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
@@ -98,18 +74,11 @@ def _running_stats_frozen(module: nn.Module) -> Iterator[None]:
 class Recomputable(nn.Module):
     """A module whose training forward can be recomputed in the backward pass.
 
-    Subclasses implement :meth:`run`. When ``self.recomputed`` is set (by
-    :func:`set_recompute`), the module is in training mode and gradients are enabled,
-    :meth:`forward` runs ``run`` under ``torch.utils.checkpoint.checkpoint`` (non-reentrant,
-    so DDP-safe): only the inputs are kept, everything inside is computed again when the
-    backward pass reaches it. Otherwise (eval mode, ``torch.no_grad()``, inference mode)
-    ``run`` is called directly and nothing changes.
-
-    The recomputation gives the same values as the first run: BatchNorm normalises with the
-    same batch statistics, without updating its running statistics a second time
-    (:func:`_running_stats_frozen`), autocast is restored by the checkpoint, and D3Net has
-    no dropout or other random operation inside a block (the RNG state is preserved
-    anyway, the checkpoint's default).
+    Subclasses implement :meth:`run`; :meth:`forward` checkpoints it when
+    ``self.recomputed`` is set (:func:`set_recompute`) in a training pass, and calls it
+    directly otherwise. The recomputation gives the same values as the first run: BatchNorm
+    uses the same batch statistics (:func:`_running_stats_frozen`), the checkpoint restores
+    autocast and the RNG state, and no block holds dropout.
     """
 
     recomputed: bool = False
@@ -159,18 +128,16 @@ class MultiDilationConv2d(nn.Module):
     dilation ablation, where each receiving layer reads every source with its own
     (largest) dilation.
 
-    Shapes: ``(batch, in_channels, H, W) -> (batch, sum(group_channels), H, W)``.
+    Shapes: ``(batch, in_channels, H, W) -> (batch, sum of group channels, H, W)``.
     """
 
-    def __init__(self, in_channels: int, group_channels: Sequence[int], dilations: Sequence[int],
+    def __init__(self, in_channels: int, groups_dilations: Sequence[Tuple[int, int]],
                  kernel_size: int = 3, bias: bool = True):
         super().__init__()
-        if len(group_channels) != len(dilations):
-            raise ValueError("one dilation per output group is needed")
         self.convs = nn.ModuleList(
             nn.Conv2d(in_channels, c, kernel_size, padding=d * (kernel_size // 2), dilation=d,
                       bias=bias)
-            for c, d in zip(group_channels, dilations))
+            for c, d in groups_dilations)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([conv(x) for conv in self.convs], dim=1)
@@ -194,9 +161,8 @@ class BNReLUConv(Recomputable):
         self.norm = nn.BatchNorm2d(in_channels)
         self.relu = nn.ReLU(inplace=True)
         if groups_dilations is not None and len({d for _, d in groups_dilations}) > 1:
-            self.conv: nn.Module = MultiDilationConv2d(
-                in_channels, [c for c, _ in groups_dilations], [d for _, d in groups_dilations],
-                kernel_size, bias)
+            self.conv: nn.Module = MultiDilationConv2d(in_channels, groups_dilations,
+                                                       kernel_size, bias)
         else:
             if groups_dilations is not None:
                 dilation = groups_dilations[0][1]
@@ -236,11 +202,6 @@ def _split_and_add(pending: Tensor, growth: int, stages: Sequence[nn.Module],
         pending = pending[:, growth:] + stage(head)
     done.append(pending)
     return done
-
-
-def _layer_dilation(layer: int, dilation: str) -> int:
-    """Largest dilation layer ``layer`` (0-based) reads with: ``2**layer``, or 1."""
-    return 1 if dilation == "none" else 2 ** layer
 
 
 class D2Block(Recomputable):
@@ -289,8 +250,8 @@ class D2Block(Recomputable):
         width = bottleneck_channels if bottleneck_channels is not None else in_channels
 
         def groups(receivers: range, source_dilation: int):
-            if dilation == "standard":
-                return [(k, _layer_dilation(j, dilation)) for j in receivers]
+            if dilation == "standard":  # layer j's largest dilation for every source
+                return [(k, 2 ** j) for j in receivers]
             return [(k * len(receivers), 1 if dilation == "none" else source_dilation)]
 
         self.initial = BNReLUConv(width, k * num_layers, kernel_size,
@@ -424,9 +385,8 @@ def set_recompute(module: nn.Module, mode: Union[bool, str, None] = True) -> nn.
     In a training forward pass (training mode, gradients enabled) the chosen blocks keep
     only their inputs and recompute everything inside them when the backward pass reaches
     them (``torch.utils.checkpoint``, non-reentrant: DDP-safe); gradients and BatchNorm
-    running statistics are those of the ordinary pass. Eval mode and ``torch.no_grad()`` /
-    inference mode are unaffected: the option costs nothing at inference. It is a runtime
-    setting, not part of the config or the model file.
+    running statistics are those of the ordinary pass. Eval mode and ``torch.no_grad()``
+    are unaffected. A runtime setting, not part of the config or the model file.
 
     This is the technique of Pleiss et al., "Memory-Efficient Implementation of DenseNets"
     (2017), and the official D3Net training scripts' ``--recompute`` option (Sony's README:
@@ -451,7 +411,13 @@ def set_recompute(module: nn.Module, mode: Union[bool, str, None] = True) -> nn.
         ValueError: an unknown mode, or a mode other than ``"none"`` for a module without
             any block to recompute.
     """
-    mode = check_recompute(mode)
+    if mode is None or mode is False:
+        mode = "none"
+    elif mode is True:
+        mode = DEFAULT_RECOMPUTE
+    elif mode not in RECOMPUTE_MODES:
+        raise ValueError(f"recompute must be one of {RECOMPUTE_MODES} (or True/False), "
+                         f"got {mode!r}")
     level = RECOMPUTE_MODES.index(mode)
     marked = 0
 

@@ -1,33 +1,27 @@
 """Receptive-field analysis: input-gradient coverage maps, per-path blind spots (paper Fig. 3).
 
-The question the paper's Fig. 3 asks is not "which inputs does a layer see?" (the union over
-all paths: in a dense block the path through every layer always fills the holes) but
-"which inputs does *each convolution* see?". A convolution that reads a skip connection
-with too large a dilation samples its source more sparsely than the source's own field is
-wide, so some input positions between its taps never reach it: a *blind spot*. The
-multidilated convolution reads source ``i`` with dilation ``2**i`` so that never happens.
+Fig. 3 asks which inputs *each convolution* sees, not the union over all paths (in a dense
+block the path through every layer always fills the holes). A convolution that reads a skip
+connection with too large a dilation samples its source more sparsely than the source's own
+field is wide, so some input positions never reach it: a *blind spot*. The multidilated
+convolution reads source ``i`` with dilation ``2**i`` so that never happens.
 
-Everything here measures connectivity with gradients on a *linearised* copy of the
-network (:func:`linearize`): every weight positive and uniform, biases zero, normalisation
-layers removed, input positive. Then every activation is positive, no ReLU is ever off, no
-learned weight can cancel another, and the gradient of one output position with respect to
-the input is non-zero exactly where a path exists. Each layer's output is rescaled to a
-maximum of 1 in the forward pass and its gradient reset to 1 wherever it is non-zero in
-the backward pass (:func:`_reachability`), so that neither the dense sums (overflow) nor a
-deep network's tiny path weights (underflow) can fake or hide a path, in float32.
+Connectivity is measured with gradients on a linearised copy of the network
+(:func:`linearize`, positive input): no ReLU is ever off and nothing cancels, so the input
+gradient of an output position is non-zero exactly where a path exists; :func:`_reachability`
+keeps the numbers of order one so that float32 neither overflows nor underflows.
 
-Numbering follows the paper: in a D2 block ``x_0`` is the block input and ``x_l``
-(``l = 1 .. num_layers``) the output of layer ``l``; a path ``(layer l, source i)`` is the
-convolution that carries ``x_i`` into layer ``l``. In the official computation order
-(:class:`d3net.nn.D2Block`) source 0 is read by ``block.initial`` and source ``i >= 1`` by
-``block.stages[i - 1]``; the output channels of that convolution that go to layer ``l`` are
-the path's output.
+Numbering follows the paper: in a D2 block ``x_0`` is the block input and ``x_l`` the output
+of layer ``l``; a path ``(layer l, source i)`` is the convolution that carries ``x_i`` into
+layer ``l``. In :class:`d3net.nn.D2Block`'s order source 0 is read by ``block.initial`` and
+source ``i >= 1`` by ``block.stages[i - 1]``; the path's output is that convolution's
+channel group for layer ``l``.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -63,11 +57,9 @@ _WEIGHTED_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 class CoverageMap:
     """Which input positions one output position depends on.
 
-    ``gradient`` is the input gradient of the output position, summed over batch and
-    channels, shape ``(H, W)`` of the input: positive where a path reaches the input
-    position, zero where none does (its size carries no meaning: the backward pass is
-    binarised layer by layer). ``centre`` is the input position that corresponds to the
-    analysed output position, ``(row, col)``; offsets are taken from it.
+    ``gradient``: shape ``(H, W)`` of the input, positive where a path reaches the input
+    position, zero where none does (its size carries no meaning). ``centre``: the input
+    position ``(row, col)`` of the analysed output position; offsets are taken from it.
     """
 
     gradient: np.ndarray
@@ -100,11 +92,8 @@ class CoverageMap:
     @property
     def blind_spots(self) -> int:
         """Positions inside the bounding box that the output position cannot see."""
-        box = self.bbox
-        if box is None:
-            return 0
-        (top, bottom), (left, right) = box
-        return int((~self.covered[top:bottom + 1, left:right + 1]).sum())
+        height, width = self.extent
+        return height * width - int(self.covered.sum())
 
     @property
     def profile(self) -> np.ndarray:
@@ -129,21 +118,14 @@ class CoverageMap:
     @property
     def blind_spots_1d(self) -> int:
         """Uncovered positions between the first and last covered one on the centre row."""
-        span = self.span
-        if span is None:
-            return 0
-        lo, hi = (s + self.centre[1] for s in span)
-        return int((self.profile[lo:hi + 1] <= 0).sum())
+        return self.field - int((self.profile > 0).sum())
 
 
 @dataclass
 class PathCoverage:
-    """Coverage of one convolution of a D2 block: what it sees of the block input.
-
-    ``layer`` is the receiving layer (1-based), ``source`` the layer it reads (0 = block
-    input), ``dilation`` the dilation it reads with, ``taps`` the column offsets at which
-    its kernel is applied (the paper's red dots).
-    """
+    """Coverage of one convolution of a D2 block: receiving ``layer`` (1-based), ``source``
+    (0 = block input), its ``dilation`` and kernel ``taps`` (column offsets, the paper's red
+    dots)."""
 
     layer: int
     source: int
@@ -171,12 +153,8 @@ class PathCoverage:
 
 @dataclass
 class D2Report:
-    """Per-convolution coverage of one D2 block and the block's overall receptive field.
-
-    ``paths`` holds every (layer, source) convolution, sorted by layer then source;
-    ``overall`` is the coverage of the block's output (layer ``num_layers``: the union over
-    every path feeding it).
-    """
+    """Per-convolution coverage of one D2 block: ``paths`` sorted by layer then source;
+    ``overall`` the coverage of the block's output (the union over every path)."""
 
     num_layers: int
     dilation: str
@@ -184,10 +162,10 @@ class D2Report:
     paths: List[PathCoverage]
     overall: CoverageMap
     two_d: bool = True
-    expected_field: int = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.expected_field = analytic_field(self.num_layers, self.dilation, self.kernel_size)
+    @property
+    def expected_field(self) -> int:
+        return analytic_field(self.num_layers, self.dilation, self.kernel_size)
 
     @property
     def field(self) -> int:
@@ -199,17 +177,12 @@ class D2Report:
         """The convolutions that have blind spots."""
         return [p for p in self.paths if p.blind_spots or p.blind_spots_2d]
 
-    def for_layer(self, layer: int) -> List[PathCoverage]:
-        return [p for p in self.paths if p.layer == layer]
-
 
 def analytic_field(num_layers: int, dilation: str, kernel_size: int = 3) -> int:
-    """Closed-form one-dimensional receptive field of a D2 block's last layer.
-
-    With ``r = kernel_size // 2``: ``1 + 2 r (2**L - 1)`` for ``"multi"`` and
-    ``"standard"`` (the path through every layer accumulates dilations 1, 2, .., 2**(L-1)),
-    ``1 + 2 r L`` for ``"none"``.
-    """
+    """Closed-form one-dimensional receptive field of a D2 block's last layer:
+    ``1 + 2 r (2**L - 1)`` for ``"multi"`` and ``"standard"`` (dilations 1, 2, .., 2**(L-1)
+    along the path through every layer), ``1 + 2 r L`` for ``"none"`` (``r = kernel_size //
+    2``)."""
     check_dilation(dilation)
     r = kernel_size // 2
     if dilation == "none":
@@ -220,16 +193,12 @@ def analytic_field(num_layers: int, dilation: str, kernel_size: int = 3) -> int:
 # ----------------------------------------------------------------------------- linearisation
 
 def linearize(module: nn.Module) -> nn.Module:
-    """A deep copy of ``module`` that measures connectivity, not learned values.
+    """A deep copy of ``module`` (eval mode, frozen) that measures connectivity.
 
-    In the copy: every convolution / linear weight is the positive constant
-    ``1 / fan_in`` (each output is a mean of its inputs), every bias is zero, every
-    normalisation layer is an identity, nothing works in place (the analysis
-    differentiates with respect to a leaf input), and the copy is in eval mode with no
-    parameter requiring gradients. Any other free parameter is set to 0 when its
-    name says it is an offset or bias and to 1 otherwise (e.g. the music model's per-bin
-    input/output scales). With a positive input every activation is then positive: no ReLU
-    is off and nothing cancels, so a zero input gradient means "no path".
+    Every convolution / linear weight is ``1 / fan_in`` (each output is a mean of its
+    inputs), every bias zero, every normalisation layer an identity, nothing in place (the
+    analysis differentiates with respect to a leaf input). Other parameters are 0 when
+    named as an offset or bias, else 1 (e.g. the music model's per-bin scales).
     """
     model = copy.deepcopy(module)
     _replace_norms(model)
@@ -316,12 +285,10 @@ def _reachability(model: nn.Module) -> Iterator[None]:
     """Keep a linearised network's numbers of order one without changing which input
     positions reach which outputs.
 
-    While active, the output of every leaf module of ``model`` is divided by its own
-    (detached) maximum in the forward pass, and its gradient is replaced by
-    ``gradient != 0`` in the backward pass. Both are positive rescalings of positive
-    quantities, so the zero / non-zero pattern is exactly preserved, while dense sums can
-    no longer overflow (the forward values of the music model reach 1e13 otherwise) and
-    products of many ``1/fan_in`` weights can no longer underflow.
+    Every leaf module's output is divided by its own (detached) maximum in the forward pass
+    and its gradient replaced by ``gradient != 0`` in the backward pass: positive
+    rescalings, so the zero pattern is kept, while dense sums cannot overflow (the music
+    model reaches 1e13 otherwise) nor products of many ``1/fan_in`` weights underflow.
     """
     def binarise(grad: Tensor) -> Tensor:
         return (grad != 0).to(grad.dtype)
@@ -365,20 +332,14 @@ def analyze_block(block: D2Block, two_d: Optional[bool] = None,
                   progress: bool = False) -> D2Report:
     """Coverage of the block input seen by every (layer, source) convolution of ``block``.
 
-    Every convolution's contribution to every receiving layer is one *path*. Forward hooks
-    on ``block.initial`` and ``block.stages`` keep each unit's output; a path's output is
-    the receiving layer's channel group of it, and its coverage is the gradient of that
-    group at the centre position with respect to the block input. Paths are analysed in a
-    batch (one copy of the input per path, one backward pass per chunk), plus one batch
-    entry for the block's output (the overall field).
-
+    A path's coverage is the gradient of its channel group at the centre position with
+    respect to the block input; paths are analysed as a batch (one input copy each, one
+    backward pass per chunk), plus one entry for the block's output (the overall field).
     The window is sized from the block's dilations plus a margin, and the measured fields
     are checked not to reach its edge. ``two_d=None`` analyses a square window when it is
-    at most ``MAX_SQUARE_WINDOW`` wide, else a one-row strip (the 1-D setting of Fig. 3;
-    the centre row of a square window gives the same profile).
+    at most ``MAX_SQUARE_WINDOW`` wide, else a one-row strip (the 1-D setting of Fig. 3).
     """
-    radius = _max_reach(block)
-    width = 2 * (radius + WINDOW_MARGIN) + 1
+    width = 2 * (_max_reach(block) + WINDOW_MARGIN) + 1
     if two_d is None:
         two_d = width <= MAX_SQUARE_WINDOW
     height = width if two_d else 1
@@ -386,14 +347,9 @@ def analyze_block(block: D2Block, two_d: Optional[bool] = None,
     model = linearize(block).float()
 
     k = block.growth_rate
-    r = _unit_convs(block.initial)[0].kernel_size[1] // 2
-    jobs = []  # (layer, source, dilation, first channel); source None = the block output
-    for source, unit in enumerate(block_units(block)):
-        receivers = range(source + 1, block.num_layers + 1)
-        for group, (layer, dil) in enumerate(zip(receivers,
-                                                 _group_dilations(unit, len(receivers)))):
-            jobs.append((layer, source, dil, group * k))
-    jobs.sort(key=lambda job: (job[0], job[1]))
+    r = _kernel_radius(block)
+    # (layer, source, dilation, first channel); source None = the block output
+    jobs = [(layer, source, dil, group * k) for layer, source, dil, group in _paths(block)]
     jobs.append((block.num_layers, None, 0, 0))
 
     widest = max(block.in_channels, k * block.num_layers, block.out_channels)
@@ -455,6 +411,21 @@ def _unit_convs(unit: nn.Module) -> List[nn.Conv2d]:
     return list(conv.convs) if isinstance(conv, MultiDilationConv2d) else [conv]
 
 
+def _kernel_radius(block: D2Block) -> int:
+    return _unit_convs(block.initial)[0].kernel_size[1] // 2
+
+
+def _paths(block: D2Block) -> List[Tuple[int, int, int, int]]:
+    """``(layer, source, dilation, channel group)`` of every path, sorted by layer, source."""
+    paths = []
+    for source, unit in enumerate(block_units(block)):
+        receivers = range(source + 1, block.num_layers + 1)
+        for group, (layer, dil) in enumerate(zip(receivers,
+                                                 _group_dilations(unit, len(receivers)))):
+            paths.append((layer, source, dil, group))
+    return sorted(paths)
+
+
 def _group_dilations(unit: nn.Module, groups: int) -> List[int]:
     """Dilation of each receiving layer's channel group of a BN-ReLU-conv unit."""
     convs = _unit_convs(unit)
@@ -466,21 +437,12 @@ def _group_dilations(unit: nn.Module, groups: int) -> List[int]:
 
 
 def _max_reach(block: D2Block) -> int:
-    """Field radius of the block's last layer, from its convolutions' dilations.
-
-    ``reach[l] = max over sources i of reach[i] + r * dilation(i -> l)``, with
-    ``reach[0] = 0`` (the block input). Only sizes the analysis window: the measured field
-    is checked not to touch the window's edge.
-    """
-    reach = [0]
-    incoming: List[List[int]] = [[] for _ in range(block.num_layers + 1)]
-    for source, unit in enumerate(block_units(block)):
-        r = _unit_convs(unit)[0].kernel_size[1] // 2
-        receivers = range(source + 1, block.num_layers + 1)
-        for layer, dil in zip(receivers, _group_dilations(unit, len(receivers))):
-            incoming[layer].append((source, r * dil))
-    for layer in range(1, block.num_layers + 1):
-        reach.append(max(reach[source] + step for source, step in incoming[layer]))
+    """Field radius of the block's last layer: ``reach[l] = max over sources i of reach[i] +
+    r * dilation(i -> l)``, ``reach[0] = 0``. Only sizes the analysis window."""
+    r = _kernel_radius(block)
+    reach = [0] * (block.num_layers + 1)
+    for layer, source, dil, _ in _paths(block):  # sources are complete before their layer
+        reach[layer] = max(reach[layer], reach[source] + r * dil)
     return reach[-1]
 
 
@@ -527,19 +489,15 @@ def plot_coverage(reports: Union[D2Report, Sequence[D2Report]], path: PathLike,
     from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
 
-    if isinstance(reports, D2Report):
-        reports = [reports]
-    reports = list(reports)
+    reports = [reports] if isinstance(reports, D2Report) else list(reports)
     if not reports:
         raise D3NetError("nothing to plot: no report given")
     path = Path(path)
     fmt = plot_format(path)
-    fig = Figure(figsize=(1, 1))
-    FigureCanvasAgg(fig)
-
     reach = max(max(abs(s) for s in (r.overall.span or (0, 0))) for r in reports) + 1
     rows = max(len(r.paths) for r in reports) + 1
-    fig.set_size_inches(max(4.0, 5.0 * len(reports)), 1.3 + 0.32 * rows)
+    fig = Figure(figsize=(max(4.0, 5.0 * len(reports)), 1.3 + 0.32 * rows))
+    FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(reports), squeeze=False)[0]
     # 0 outside the field, 1 covered, 2 blind spot
     colours = ListedColormap(["white", "#9ecae1", "#d62728"])

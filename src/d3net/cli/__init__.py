@@ -68,6 +68,7 @@ def model_spec(args: argparse.Namespace) -> str:
     resolve(spec, task)
     return spec
 
+
 # module name under d3net.cli -> registers one or more subcommands
 COMMAND_MODULES = [
     "summary",
@@ -100,17 +101,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except D3NetError as exc:
-        print(f"d3net {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a disk that fills up or goes away mid-run: one line, no traceback
+    except (D3NetError, OSError) as exc:  # OSError: e.g. a disk that fills up mid-run
         print(f"d3net {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"d3net {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import D3NetError
 from . import add_quiet
 
 # The library is imported when a command runs (start-up time: 'd3net --help' builds all parsers)
@@ -31,20 +30,16 @@ def run(args: argparse.Namespace) -> int:
 
     from ..configs import MSSConfig, describe, load_config
     from ..models import count_parameters, create
+    from ..utils import parse_size
 
     config = load_config(args.config, task=args.task)
     if args.dilation:
         config.dilation = args.dilation
     model = create(config).eval()
     if isinstance(config, MSSConfig):
-        frames = int(args.size or 64)
-        x = torch.rand(1, config.audio_channels, config.num_bins, frames)
+        x = torch.rand(1, config.audio_channels, config.num_bins, int(args.size or 64))
     else:
-        try:
-            h, w = (int(v) for v in (args.size or "256x512").lower().split("x"))
-        except ValueError:
-            raise D3NetError(f"--size must look like 256x512, got {args.size!r}") from None
-        x = torch.randn(1, 3, h, w)
+        x = torch.randn(1, 3, *parse_size(args.size or "256x512", "--size"))
     with torch.inference_mode():
         y = model(x)
     print(describe(config))

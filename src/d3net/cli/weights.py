@@ -46,25 +46,19 @@ def register(subparsers) -> None:
     path.set_defaults(func=run_path)
 
 
-def _size(nbytes: float) -> str:
-    return f"{nbytes / 1e6:.0f} MB" if nbytes >= 1e6 else f"{nbytes / 1e3:.0f} kB"
-
-
 def run_list(args: argparse.Namespace) -> int:
     from ..models import hub
     from ..models.weights import WEIGHTS
 
     rows = [("NAME", "TASK", "STATUS", "SIZE", "RELEASED", "SOURCE")]
     for weights in WEIGHTS.values():
-        where = hub.folder(weights)
-        if weights.bundled is not None:
-            status = "bundled"
-        else:
-            status = "cached" if hub.is_cached(weights) else "not cached"
+        status = ("bundled" if weights.bundled is not None
+                  else "cached" if hub.is_cached(weights) else "not cached")
         if status == "not cached":
             size = f"~{weights.download_mb:.0f} MB" if weights.download_mb else "?"
         else:
-            size = _size(sum(f.stat().st_size for f in where.iterdir() if f.is_file()))
+            nbytes = sum(f.stat().st_size for f in hub.folder(weights).iterdir() if f.is_file())
+            size = f"{nbytes / 1e6:.0f} MB" if nbytes >= 1e6 else f"{nbytes / 1e3:.0f} kB"
         source = hub.download_url(weights) or weights.source
         released = weights.released.split(" (")[0]
         rows.append((weights.name, weights.task, status, size, released, source))

@@ -2,20 +2,15 @@
 
 Builders (torchvision style): :func:`d3net_s`, :func:`d3net_l`, :func:`d3net_mss` (each
 with ``weights=``; the segmentation ones also ``weights_backbone=``), :func:`create` for any
-config. A *model file* is one ``.safetensors`` holding the weights (parameters and
-BatchNorm statistics) with the full config as JSON in its metadata (:mod:`.files`).
-:func:`load` and :func:`load_separation` accept any model spec: a model file, a folder, an
-official ``.h5``, or a weight name of :mod:`.weights` (fetched and cached by :mod:`.hub`);
-see :mod:`.loading`.
-Their ``recompute=`` (and :func:`set_recompute` on an existing model) switches
-memory-efficient training on, a runtime setting that is not saved.
+config. A *model file* is described in :mod:`.files`; :func:`load` and :func:`load_separation`
+accept any model spec (:mod:`.loading`). ``recompute=`` (and :func:`set_recompute`)
+switches memory-efficient training on, a runtime setting that is not saved.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -26,7 +21,7 @@ from ..configs import (MSSConfig, SegConfig, TARGETS, describe, load_config, pre
                        to_dict)
 from ..errors import D3NetError
 from .files import FORMAT_NAME, FORMAT_VERSION, build, load_file, read_metadata, save
-from .loading import (load, load_backbone_weights, load_separation, resolve,
+from .loading import (Spec, load, load_backbone_weights, load_separation, resolve,
                       wrong_task)
 from ..nn import RECOMPUTE_MODES, recompute_mode, set_recompute
 from .segmentation import D3NetSegmentation
@@ -38,8 +33,6 @@ __all__ = ["D3NetSegmentation", "D3NetMSS", "d3net_s", "d3net_l", "d3net_mss", "
            "read_metadata", "count_parameters", "fingerprint", "Weights", "WEIGHTS",
            "get_weights", "wrong_task", "FORMAT_NAME", "FORMAT_VERSION",
            "set_recompute", "recompute_mode", "RECOMPUTE_MODES"]
-
-Spec = Union[str, "os.PathLike[str]", Weights]
 
 
 def d3net_s(num_classes: int = 19, head: str = "fcn", dilation: str = "multi", *,
@@ -56,10 +49,8 @@ def d3net_s(num_classes: int = 19, head: str = "fcn", dilation: str = "multi", *
         progress: show download progress for weight names.
         recompute: memory-efficient training (see :func:`set_recompute`).
     """
-    config = preset("d3net-s")
-    config.num_classes, config.head, config.dilation = num_classes, head, dilation
-    return _built(SegConfig(**_init_fields(config)), weights, weights_backbone, progress,
-                  recompute)
+    config = replace(preset("d3net-s"), num_classes=num_classes, head=head, dilation=dilation)
+    return _built(config, weights, weights_backbone, progress, recompute)
 
 
 def d3net_l(num_classes: int = 19, head: str = "fcn", dilation: str = "multi", *,
@@ -69,10 +60,8 @@ def d3net_l(num_classes: int = 19, head: str = "fcn", dilation: str = "multi", *
     """D3Net-L (38.7 M parameters with the FCN head and 19 classes); ``weights``
     (``"official-d3net-l"``), ``weights_backbone`` (``"official-d3net-l-backbone"``) and
     ``progress`` and ``recompute`` as in :func:`d3net_s`."""
-    config = preset("d3net-l")
-    config.num_classes, config.head, config.dilation = num_classes, head, dilation
-    return _built(SegConfig(**_init_fields(config)), weights, weights_backbone, progress,
-                  recompute)
+    config = replace(preset("d3net-l"), num_classes=num_classes, head=head, dilation=dilation)
+    return _built(config, weights, weights_backbone, progress, recompute)
 
 
 def d3net_mss(target: str = "vocals", dilation: str = "multi", small: bool = False, *,
@@ -90,9 +79,9 @@ def d3net_mss(target: str = "vocals", dilation: str = "multi", small: bool = Fal
     """
     if target not in TARGETS:
         raise D3NetError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
-    config = preset("mss-small" if small else f"mss-{target}", target=target)
-    config.dilation = dilation
-    return _built(MSSConfig(**_init_fields(config)), weights, None, progress, recompute)
+    config = replace(preset("mss-small" if small else f"mss-{target}", target=target),
+                     dilation=dilation)
+    return _built(config, weights, None, progress, recompute)
 
 
 def _built(config, weights: Optional[Spec], weights_backbone: Optional[Spec],
@@ -105,7 +94,7 @@ def _built(config, weights: Optional[Spec], weights_backbone: Optional[Spec],
         model = build(config)
         if weights_backbone is not None:
             load_backbone_weights(model, weights_backbone, progress=progress)
-        return _recomputing(model, recompute)
+        return set_recompute(model, recompute)
     model = load(weights, task=config.task, target=getattr(config, "target", None),
                  progress=progress)
     ours, theirs = to_dict(config), to_dict(model.config)
@@ -114,15 +103,7 @@ def _built(config, weights: Optional[Spec], weights_backbone: Optional[Spec],
         detail = ", ".join(f"{k} {theirs.get(k)!r} vs {ours[k]!r}" for k in differ[:3])
         raise D3NetError(f"{weights}: weights of {describe(model.config)} do not fit "
                          f"{describe(config)} ({detail})")
-    return _recomputing(model, recompute)
-
-
-def _recomputing(model: nn.Module, recompute: Union[bool, str, None]) -> nn.Module:
-    return set_recompute(model, recompute) if recompute else model
-
-
-def _init_fields(config) -> Dict[str, Any]:
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
+    return set_recompute(model, recompute)
 
 
 def create(config: Union[str, Path, SegConfig, MSSConfig, Dict[str, Any]],
@@ -130,7 +111,7 @@ def create(config: Union[str, Path, SegConfig, MSSConfig, Dict[str, Any]],
            recompute: Union[bool, str, None] = False) -> nn.Module:
     """A freshly initialised model from a preset name, YAML file, dict or config object.
     ``recompute``: memory-efficient training, see :func:`set_recompute`."""
-    return _recomputing(build(load_config(config, task=task, target=target)), recompute)
+    return set_recompute(build(load_config(config, task=task, target=target)), recompute)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -139,11 +120,8 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def fingerprint(model: nn.Module) -> str:
-    """SHA-256 (hex) of a model's config and every tensor of its ``state_dict``.
-
-    Two models with the same fingerprint compute the same function, wherever their weights
-    came from (a model file, an official ``.h5``, memory). Used to key caches and to record
-    which model produced a result.
+    """SHA-256 (hex) of a model's config and every tensor of its ``state_dict``: equal
+    fingerprints mean the same function, wherever the weights came from.
 
     Raises:
         D3NetError: the model has no ``.config`` (not a d3net model).

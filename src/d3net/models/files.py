@@ -38,13 +38,11 @@ def build(config) -> nn.Module:
 
 def save(model: nn.Module, path: PathLike, extra: Optional[Dict[str, str]] = None) -> Path:
     """Write ``model`` (weights + config) to one ``.safetensors`` file, atomically."""
-
     config = getattr(model, "config", None)
     if config is None:
         raise D3NetError("only d3net models (with a .config) can be saved")
     metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-                "config": json.dumps(to_dict(config))}
-    metadata.update(extra or {})
+                "config": json.dumps(to_dict(config)), **(extra or {})}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -54,7 +52,6 @@ def save(model: nn.Module, path: PathLike, extra: Optional[Dict[str, str]] = Non
 
 def read_metadata(path: PathLike) -> Dict[str, str]:
     """The metadata of a d3net model file, with a clear error for anything else."""
-
     path = Path(path)
     if not path.is_file():
         raise D3NetError(f"model file not found: {path}")
@@ -84,7 +81,6 @@ def load_file(path: PathLike, device: Union[str, torch.device, None] = None) -> 
         D3NetError: missing file, not a d3net model file, or weights that do not fit the
             config stored with them.
     """
-
     metadata = read_metadata(path)
     config = from_dict(json.loads(metadata["config"]))
     model = build(config)

@@ -93,10 +93,8 @@ def is_cached(weights: WeightsLike) -> bool:
 
 
 def fetch(weights: WeightsLike, progress: bool = True) -> Path:
-    """Make ``weights`` available locally and return :func:`model_path`.
-
-    Downloads, verifies and converts on first use (see the module docstring); afterwards
-    returns at once without touching the network. Bundled weights are never downloaded.
+    """Make ``weights`` available locally (downloading, verifying and converting on first
+    use only; bundled weights never) and return :func:`model_path`.
 
     Args:
         weights: a name from :data:`d3net.models.weights.WEIGHTS` or its entry.
@@ -119,27 +117,21 @@ def fetch(weights: WeightsLike, progress: bool = True) -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)
         lock = filelock.FileLock(str(root / f"{weights.name}.lock"))
-        with _acquired(lock, weights, progress):
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            _say(progress, f"waiting for another process to finish fetching {weights.name} "
+                           f"(lock {lock.lock_file})")
+            lock.acquire()
+        try:
             if not is_cached(weights):  # another process may have finished meanwhile
                 _fetch_locked(weights, root, progress)
+        finally:
+            lock.release()
     except OSError as exc:
         raise D3NetError(f"cannot write the weights cache {root} ({exc.strerror or exc}); set "
                          f"{HOME_ENV} to a writable folder") from None
     return model_path(weights)
-
-
-@contextlib.contextmanager
-def _acquired(lock: filelock.FileLock, weights: Weights, progress: bool) -> Iterator[None]:
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        _say(progress, f"waiting for another process to finish fetching {weights.name} "
-                       f"(lock {lock.lock_file})")
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _fetch_locked(weights: Weights, root: Path, progress: bool) -> None:
@@ -191,11 +183,6 @@ def _download(weights: Weights, url: str, dst: Path, progress: bool) -> None:
 
 def _convert(weights: Weights, url: str, download: Path, unpack_dir: Path, out: Path) -> None:
     """Convert every member of ``download`` into ``out`` (strict), or raise one line."""
-    def fail(exc: Exception) -> D3NetError:
-        reason = str(exc).replace(str(download), download.name).replace(str(unpack_dir) + os.sep, "")
-        return D3NetError(f"{url}: the download is not the expected {weights.name} weights "
-                          f"({reason}); nothing was cached")
-
     try:
         if weights.archive == "zip":
             sources = unpack_official_zip(download, unpack_dir,
@@ -209,10 +196,13 @@ def _convert(weights: Weights, url: str, download: Path, unpack_dir: Path, out: 
                 warnings.simplefilter("ignore")
                 models[member.output] = load_nnabla(
                     sources[member.source], member.config,
-                    task="seg" if weights.task == "seg" else "mss",
+                    task=weights.task,
                     backbone_only=True if weights.backbone_only else None)
     except D3NetError as exc:
-        raise fail(exc) from None
+        reason = str(exc).replace(str(download), download.name)
+        reason = reason.replace(str(unpack_dir) + os.sep, "")
+        raise D3NetError(f"{url}: the download is not the expected {weights.name} weights "
+                         f"({reason}); nothing was cached") from None
     for output, model in models.items():
         extra = {"weights": weights.name, "source_url": url}
         if weights.backbone_only:
@@ -231,9 +221,8 @@ def _digests(path: Path) -> Tuple[str, str]:
 
 @contextlib.contextmanager
 def _stall_timeout(seconds: float) -> Iterator[None]:
-    """torch.hub opens URLs without a timeout, so a silently dropped connection would hang
-    forever; a default socket timeout turns a stall into an error. Only set when none is
-    set already, and restored afterwards."""
+    """torch.hub opens URLs without a timeout: a default socket timeout (only if none is
+    set) turns a silently dropped connection into an error instead of a hang."""
     previous = socket.getdefaulttimeout()
     if previous is None:
         socket.setdefaulttimeout(seconds)

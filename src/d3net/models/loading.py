@@ -14,12 +14,8 @@ separation model folder  ``<target>.safetensors`` (or official ``<target>.h5``) 
 segmentation folder      ``FOLDER/model.safetensors``; a ``d3net train seg`` run folder
 =======================  ===============================================================
 
-Names win over paths: write ``./demo`` for a local folder called ``demo``.
-
-Return contract: :func:`load` always returns one network (``nn.Module``, eval mode);
-:func:`load_separation` returns a separation set as ``{target: network}`` in the order
-vocals, drums, bass, other. A spec of the wrong task is refused with the same sentence
-everywhere (:func:`wrong_task`).
+Names win over paths: write ``./demo`` for a local folder called ``demo``. A spec of the
+wrong task is refused with the same sentence everywhere (:func:`wrong_task`).
 """
 from __future__ import annotations
 
@@ -48,14 +44,9 @@ Device = Union[str, torch.device, None]
 class Source:
     """What a model spec names, found without loading weights or downloading.
 
-    Attributes:
-        spec: the spec as given (for messages).
-        kind: ``"weights"``, ``"file"`` (d3net ``.safetensors``), ``"h5"`` (official) or
-            ``"folder"``.
-        path: the file or folder (``None`` for weight names).
-        weights: the registry entry (weight names only).
-        task: ``"mss"`` or ``"seg"`` when known without loading (``None`` for ``.h5``).
-        backbone_only: an ImageNet backbone (untrained head), known without loading.
+    ``kind`` is ``"weights"`` (then ``weights`` is the registry entry), ``"file"`` (d3net
+    ``.safetensors``), ``"h5"`` (official) or ``"folder"`` (then ``path`` is set); ``task``
+    is ``None`` where unknown before loading (``.h5``).
     """
 
     spec: str
@@ -153,10 +144,12 @@ def _files(source: Source, progress: bool) -> Dict[Optional[str], Path]:
         return {None: source.path / SEG_MODEL_FILE}
     files = {}
     for target in TARGETS:
-        for suffix in (".safetensors", ".h5"):
+        for suffix in (".h5", ".safetensors"):  # .safetensors wins over .h5
             if (source.path / f"{target}{suffix}").is_file():
                 files[target] = source.path / f"{target}{suffix}"
-                break
+    if not files:  # a folder whose model.safetensors holds a music model
+        raise D3NetError(f"{source.spec}: no separation model found (expected "
+                         f"<target>.safetensors for some of {', '.join(TARGETS)})")
     return files
 
 
@@ -164,11 +157,9 @@ def _load_one(path: Path, device: Device) -> Tuple[nn.Module, bool]:
     """(model, whether it is an ImageNet backbone only) from a model file or official .h5."""
     if path.suffix.lower() == ".h5":
         model, backbone_only = nnabla_model(path)
-        if device is not None:
-            model.to(device)
-        return model, backbone_only
-    metadata = read_metadata(path)
-    return load_file(path, device), metadata.get("backbone_only") == "true"
+    else:
+        model, backbone_only = load_file(path), read_metadata(path).get("backbone_only") == "true"
+    return model.to(device) if device is not None else model, backbone_only
 
 
 def _task_of(model: nn.Module) -> Optional[str]:
@@ -178,10 +169,6 @@ def _task_of(model: nn.Module) -> Optional[str]:
 def load(spec: Spec, task: Optional[str] = None, device: Device = None, *,
          target: Optional[str] = None, progress: bool = True) -> nn.Module:
     """One network from a model spec, in eval mode.
-
-    ``load("model.safetensors")`` rebuilds a model file as before; ``load("official-d3net-s")``
-    fetches (first use), converts and caches Sony's weights; ``load("D3Net-S.h5")`` converts
-    an official file in memory.
 
     Args:
         spec: a model spec (module docstring).
@@ -203,21 +190,14 @@ def load(spec: Spec, task: Optional[str] = None, device: Device = None, *,
     if source.backbone_only:
         raise backbone_refused(source.spec)
     files = _files(source, progress)
-    if not files:
-        raise _no_separation_model(source.spec)
-    if None in files:
-        path = files[None]
-    else:
-        if target is None:
-            if len(files) != 1:
-                raise D3NetError(f"{source.spec}: holds {len(files)} separation models "
-                                 f"({', '.join(files)}); pass target=... or use "
-                                 "load_separation()")
-            target = next(iter(files))
+    if None not in files:
+        if target is None and len(files) != 1:
+            raise D3NetError(f"{source.spec}: holds {len(files)} separation models "
+                             f"({', '.join(files)}); pass target=... or use load_separation()")
+        target = target or next(iter(files))
         if target not in files:
             raise _no_target(source.spec, [target], files)
-        path = files[target]
-    model, backbone_only = _load_one(path, device)
+    model, backbone_only = _load_one(files.get(None) or files[target], device)
     found = _task_of(model)
     if task is not None and found != task:
         raise wrong_task(source.spec, found, task)
@@ -246,35 +226,24 @@ def load_separation(spec: Spec, targets: Optional[Sequence[str]] = None, device:
     """
     source = resolve(spec, "mss")
     files = _files(source, progress)
-    if not files:
-        raise _no_separation_model(source.spec)
-    if None in files:  # one model file: a one-target set
-        model, _ = _load_one(files[None], device)
-        if _task_of(model) != "mss":
-            raise wrong_task(source.spec, _task_of(model), "mss")
-        loaded = {model.config.target: model}
-        if targets is not None and [t for t in targets if t not in loaded]:
-            raise _no_target(source.spec, targets, loaded)
-        return loaded
-    wanted = list(files) if targets is None else list(targets)
-    if [t for t in wanted if t not in files]:
-        raise _no_target(source.spec, wanted, files)
+    single = None in files  # one model file: a one-target set
+    if not single:
+        wanted = list(files) if targets is None else list(targets)
+        if [t for t in wanted if t not in files]:
+            raise _no_target(source.spec, wanted, files)
+        files = {t: files[t] for t in TARGETS if t in wanted}
     models = {}
-    for target in (t for t in TARGETS if t in wanted):
-        model, _ = _load_one(files[target], device)
+    for target, path in files.items():
+        model, _ = _load_one(path, device)
         found = _task_of(model)
         if found != "mss":
-            raise wrong_task(str(files[target]), found, "mss")
-        if model.config.target != target:
-            raise D3NetError(f"{files[target]}: holds the {model.config.target} model, "
-                             f"not {target}")
-        models[target] = model
+            raise wrong_task(source.spec if single else str(path), found, "mss")
+        if not single and model.config.target != target:
+            raise D3NetError(f"{path}: holds the {model.config.target} model, not {target}")
+        models[model.config.target] = model
+    if single and targets is not None and [t for t in targets if t not in models]:
+        raise _no_target(source.spec, targets, models)
     return models
-
-
-def _no_separation_model(spec: str) -> D3NetError:
-    return D3NetError(f"{spec}: no separation model found (expected <target>.safetensors for "
-                      f"some of {', '.join(TARGETS)})")
 
 
 def _no_target(spec: str, wanted: Sequence[str], available) -> D3NetError:
@@ -303,7 +272,6 @@ def load_backbone_weights(model: nn.Module, weights: Spec, progress: bool = True
         D3NetError: not a segmentation model; weights of another task; a backbone of
             another size (names the mismatch).
     """
-
     config = getattr(model, "config", None)
     if not isinstance(config, SegConfig):
         raise D3NetError("a pretrained backbone goes into a segmentation model")

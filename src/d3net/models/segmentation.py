@@ -17,7 +17,7 @@ from ..configs import SegConfig
 from ..nn import D3BlockBC, set_recompute
 
 
-class Stem(nn.Module):
+class Stem(nn.Sequential):
     """conv3x3/2 (no bias) -> BN -> ReLU -> conv3x3/2 (no bias): output stride 4.
 
     The second convolution has no BN/ReLU of its own: the first D2 block's
@@ -31,9 +31,6 @@ class Stem(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv2(self.relu(self.bn1(self.conv1(x))))
-
 
 class ConvBNReLU(nn.Sequential):
     """Post-activation 1x1 conv (with bias) -> BN -> ReLU: the per-scale feature layer."""
@@ -45,7 +42,7 @@ class ConvBNReLU(nn.Sequential):
         self.relu = nn.ReLU(inplace=True)
 
 
-class Transition(nn.Module):
+class Transition(nn.Sequential):
     """BN -> ReLU -> conv1x1 (no bias) to ``out_channels`` -> 2x2 average pooling."""
 
     def __init__(self, in_channels: int, out_channels: int):
@@ -54,9 +51,6 @@ class Transition(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
         self.pool = nn.AvgPool2d(2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.pool(self.conv(self.relu(self.norm(x))))
 
 
 class D3NetBackbone(nn.Module):
@@ -181,10 +175,7 @@ class D3NetSegmentation(nn.Module):
     Input: ``(N, 3, H, W)`` images normalised with ``config.mean``/``config.std`` (0-255
     units). Output: logits ``(N, num_classes, H, W)`` at the input size, for any H, W.
     The official model returns the softmax in test mode; we return logits (softmax them
-    for probabilities).
-
-    ``recompute`` trades training time for memory (:func:`d3net.nn.set_recompute`; a
-    runtime setting, not part of the config or the model file).
+    for probabilities). ``recompute``: see :func:`d3net.nn.set_recompute`.
     """
 
     def __init__(self, config: Optional[SegConfig] = None,

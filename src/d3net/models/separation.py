@@ -13,26 +13,24 @@ gate instead of 3x3), we follow the official configs so that the released weight
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..configs import BranchConfig, MSSConfig, ceil_rate
+from ..configs import BranchConfig, MSSConfig
 from ..nn import D2Block, D3Block, set_recompute
 
 
-class Upsample(nn.Module):
+class Upsample(nn.Sequential):
     """BN -> 2x2 stride-2 transposed convolution (with bias); no ReLU, as the official."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.norm = nn.BatchNorm2d(in_channels)
         self.conv = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(self.norm(x))
 
 
 class EncoderDecoder(nn.Module):
@@ -62,7 +60,7 @@ class EncoderDecoder(nn.Module):
         self.up = nn.ModuleList()
         self.up_blocks = nn.ModuleList()
         for j in range(levels):
-            up_channels = ceil_rate(cfg.up_rate(j), channels)
+            up_channels = math.ceil(cfg.up_rate(j) * channels)
             self.up.append(Upsample(channels, up_channels))
             i = levels + 1 + j
             block = D3Block(up_channels + skips[levels - 1 - j], cfg.growth_rate[i],
@@ -85,16 +83,13 @@ class EncoderDecoder(nn.Module):
         return x
 
 
-class MatchChannels(nn.Module):
+class MatchChannels(nn.Sequential):
     """BN -> conv1x1 (with bias), widening a narrow band's output (official match_fm_conv)."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.norm = nn.BatchNorm2d(in_channels)
         self.conv = nn.Conv2d(in_channels, out_channels, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(self.norm(x))
 
 
 class GatedOutput(nn.Module):
@@ -120,10 +115,8 @@ class D3NetMSS(nn.Module):
     ``config.frame_multiple`` internally and cropped back.
 
     Internally the network runs on ``(batch, channels, frames, bins)`` like the official
-    code, so official kernels map without transposition.
-
-    ``recompute`` trades training time for memory (:func:`d3net.nn.set_recompute`; a
-    runtime setting, not part of the config or the model file).
+    code, so official kernels map without transposition. ``recompute``: see
+    :func:`d3net.nn.set_recompute`.
     """
 
     def __init__(self, config: Optional[MSSConfig] = None,

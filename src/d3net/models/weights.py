@@ -1,23 +1,10 @@
-"""Named weights: every pretrained model d3net knows, as data.
-
-Each :class:`Weights` entry says where the official file lives, how it is laid out, how it
-is checked, which configs it converts to, and what a user should know about it (task,
-dataset, the released figure, licence, source). Fetching, verifying, converting and
-caching live in :mod:`d3net.models.hub`; loading by name in :mod:`d3net.models.loading`.
-
-Names are stable (used in docs, scripts and ``--model``)::
-
-    official-mss                 Sony's four music separation networks (MUSDB18)
-    official-d3net-s             Sony's D3Net-S + FCN head (Cityscapes)
-    official-d3net-l             Sony's D3Net-L + FCN head (Cityscapes)
-    official-d3net-s-backbone    Sony's ImageNet D3Net-S backbone (for fine-tuning)
-    official-d3net-l-backbone    Sony's ImageNet D3Net-L backbone (for fine-tuning)
-    demo                         the small bundled mss-small model (synthetic songs)
+"""Named weights: every pretrained model d3net knows, as data (:class:`Weights`).
+Fetching and caching live in :mod:`d3net.models.hub`; loading by name in
+:mod:`d3net.models.loading`. Names are stable (used in docs, scripts and ``--model``).
 
 Sources: the official pretrained-model links of sony/ai-research-code (``d3net/``
-READMEs); the SHA-1 of the music archive is the one Sony publishes. The segmentation files
-have no published hash: they are verified by strict conversion (every parameter present,
-with the right shape) and the SHA-256 of what was fetched is recorded next to the cache.
+READMEs), and Sony's published SHA-1 of the music archive (the segmentation files have
+none: :mod:`d3net.models.hub` verifies them by strict conversion).
 """
 from __future__ import annotations
 
@@ -41,15 +28,9 @@ _SONY_LICENCE = ("published by Sony for sony/ai-research-code (its code is Apach
 
 @dataclass(frozen=True)
 class Member:
-    """One model file of a weight set.
-
-    Attributes:
-        output: the converted file's name in the cache folder (``vocals.safetensors``,
-            ``model.safetensors``).
-        config: the preset it converts to (``mss-vocals``, ``d3net-s``, ...).
-        source: the file inside the downloaded archive (``vocals.h5``); ``None`` when the
-            download itself is the ``.h5`` file.
-    """
+    """One model file of a weight set: its name in the cache folder (``output``), the preset
+    it converts to, and its ``source`` file inside the downloaded archive (``None`` when
+    the download itself is the ``.h5`` file)."""
 
     output: str
     config: str
@@ -61,9 +42,6 @@ class Weights:
     """A named weight set (torchvision's ``Weights`` enums, as plain data).
 
     Attributes:
-        name: the stable name (``official-mss``).
-        task: ``"mss"`` or ``"seg"``.
-        description: one line for ``d3net weights list``.
         members: the model files it provides once converted.
         path: location relative to :data:`OFFICIAL_PREFIX`; ``None`` for bundled weights.
         archive: ``"zip"`` (members are files inside it) or ``None`` (a single ``.h5``).
@@ -71,10 +49,7 @@ class Weights:
         backbone_only: an ImageNet backbone for fine-tuning (``weights_backbone=``,
             ``--pretrained-backbone``), not a model to run: its head is untrained.
         download_mb: approximate download size in MB (shown before fetching).
-        dataset: what it was trained on.
         released: the figure Sony reports for these weights (and the paper's, if other).
-        licence: licence note.
-        source: where the weights are documented.
         bundled: folder inside the installed package (``assets/demo``) for bundled weights.
     """
 
@@ -179,11 +154,6 @@ WEIGHTS: Dict[str, Weights] = {w.name: w for w in (
         released="7.6 dB average SDR on held-out synthetic songs (benchmarks/RESULTS.md)",
         licence="MIT, as d3net", source="bundled with d3net"),
 )}
-
-
-def names() -> List[str]:
-    """Every weight name, in registry order."""
-    return list(WEIGHTS)
 
 
 def get_weights(name: Union[str, Weights]) -> Weights:
