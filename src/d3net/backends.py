@@ -92,14 +92,9 @@ def resolve_precision(precision: str, device: Union[str, torch.device],
 def resolve_backend(backend: str, device: Union[str, torch.device],
                     compat: Optional[str] = None,
                     models: Optional[list[nn.Module]] = None) -> str:
-    """``"auto"`` -> ``"openvino"`` or ``"torch"``; checks an explicit choice can run.
-
-    Args:
-        backend: ``"auto"``, ``"torch"`` or ``"openvino"``.
-        device: where the separation runs.
-        compat: ``"official"`` needs PyTorch's native kernels (torch backend).
-        models: the networks; ``auto`` picks OpenVINO only if all are d3net music
-            networks (other modules, e.g. test stand-ins, stay in PyTorch).
+    """``"auto"`` -> ``"openvino"`` or ``"torch"`` for ``models`` on ``device`` (see the
+    module docstring; other modules than d3net music networks stay in PyTorch); checks
+    that an explicit choice can run.
 
     Raises:
         D3NetError: unknown backend, OpenVINO requested but not installed, on a non-CPU
@@ -200,15 +195,9 @@ def traceable(model: D3NetMSS, frames: Optional[int] = None) -> tuple[PatchNetwo
 
 
 def convert_openvino(model: D3NetMSS, frames: Optional[int] = None):
-    """Convert a music network to an ``openvino.Model`` (no cache).
-
-    The model's input ``magnitude`` is ``(batch, channels, bins, frames)`` with dynamic
-    batch and frames (a multiple of ``model.config.frame_multiple``); the output
-    ``estimate`` has the same shape.
-
-    Args:
-        model: the network (any device or layout; a float32 CPU copy is converted).
-        frames: the traced example's frame count (default: ``patch_frames``).
+    """Convert a music network (see :func:`traceable`) to an ``openvino.Model``, uncached:
+    input ``magnitude``, output ``estimate`` as :class:`PatchNetwork`'s, dynamic batch and
+    frames; ``frames`` is the traced example's frame count (default: ``patch_frames``).
 
     Raises:
         D3NetError: OpenVINO is not installed, or the model is not a music network.
@@ -230,11 +219,8 @@ def convert_openvino(model: D3NetMSS, frames: Optional[int] = None):
 
 
 def openvino_cache_dir(model: D3NetMSS, cache_dir: Optional[PathLike] = None) -> Path:
-    """Where the converted ``model`` is cached: ``<cache>/openvino/<fingerprint>-ov<version>``.
-
-    ``cache_dir`` defaults to :func:`d3net.utils.cache_home` (``$D3NET_HOME`` or
-    ``~/.cache/d3net``).
-    """
+    """Where the converted ``model`` is cached: ``<cache>/openvino/<fingerprint>-ov<version>``,
+    ``<cache>`` being ``cache_dir`` or :func:`d3net.utils.cache_home` (``$D3NET_HOME``)."""
     import openvino as ov  # optional dependency
 
     version = "".join(c if c.isalnum() or c in ".-" else "_"
@@ -292,10 +278,8 @@ class OpenVINORunner:
     Args:
         model: a :class:`~d3net.models.D3NetMSS` (left untouched).
         precision: ``"float32"`` (``INFERENCE_PRECISION_HINT=f32``: PyTorch's float32
-            output to ~1e-6) or ``"bfloat16"`` (``bf16``: ~1e-3 relative change, several
-            times faster on CPUs with native bfloat16).
-        cache_dir: the conversion cache's root (default ``$D3NET_HOME``, see
-            :func:`openvino_cache_dir`).
+            output to ~1e-6) or ``"bfloat16"`` (``bf16``).
+        cache_dir: the conversion cache's root (see :func:`openvino_cache_dir`).
         progress: say on stderr when a network is converted (the first time: ~25 s).
 
     Raises:

@@ -70,12 +70,9 @@ BLOCK_SAMPLES = 2 ** 19
 
 @dataclass
 class SeparatedFile:
-    """What :meth:`Separator.separate_file` wrote.
-
-    ``paths``: stem -> output file; ``levels``: peaks, gain and clipping of the PCM output
-    (:class:`d3net.audio.io.StemLevels`); ``sample_rate``, ``channels`` and ``samples``
-    of the input (and of every stem).
-    """
+    """What :meth:`Separator.separate_file` wrote: stem -> file, the PCM output's
+    :class:`d3net.audio.io.StemLevels`, and the input's (and every stem's) rate, channels
+    and samples."""
 
     paths: Dict[str, Path]
     levels: io.StemLevels
@@ -211,10 +208,6 @@ class Separator(nn.Module):
         return 1 if self.device.type == "cpu" else 16
 
     @property
-    def _patches_per_group(self) -> int:
-        return max(1, self.batch_size // 2) if self.channel_flip else self.batch_size
-
-    @property
     def targets(self) -> list[str]:
         """The targets this separator estimates, in order."""
         return list(self.models.keys())
@@ -282,12 +275,11 @@ class Separator(nn.Module):
         """
         waveform = _check_waveform(waveform, sample_rate)
         channels, length = waveform.shape
-        names = self._output_names(accompaniment)
-        parts: Dict[str, List[Tensor]] = {name: [] for name in names}
+        parts: Dict[str, List[Tensor]] = {}
         blocks = waveform.detach().float().cpu().split(BLOCK_SAMPLES, dim=-1)
         for outputs in self._stream(blocks, channels, length, int(sample_rate), accompaniment):
             for name, block in outputs.items():
-                parts[name].append(block)
+                parts.setdefault(name, []).append(block)
         return {name: torch.cat(blocks, dim=-1).to(waveform.device)
                 for name, blocks in parts.items()}
 
@@ -603,11 +595,11 @@ class _PatchStream:
 
     The frame bookkeeping is the official overlap-add helper's: the frames are padded with
     ``shift * (scale - 1)`` zeros in front and behind up to a whole number of patches plus
-    one more; patches start every ``shift`` frames. Patches run in groups of
-    ``separator._patches_per_group`` (the same groups whatever the block size, so the
-    networks see the same batches); a frame's estimate is final once every patch covering
-    it has run. Holds the magnitudes from the next pending patch's first frame and the
-    overlap-add sums from the first frame not yet emitted.
+    one more; patches start every ``shift`` frames. Patches run in groups that fill one
+    batch (the same groups whatever the block size, so the networks see the same batches);
+    a frame's estimate is final once every patch covering it has run. Holds the magnitudes
+    from the next pending patch's first frame and the overlap-add sums from the first frame
+    not yet emitted.
     """
 
     def __init__(self, separator: Separator, target: str, frames: int):
@@ -618,7 +610,8 @@ class _PatchStream:
         self.scale = self.patch // self.shift
         self.patches = (frames + self.patch - frames % self.patch) // self.shift
         self.front = self.shift * (self.scale - 1)
-        self.group = separator._patches_per_group
+        batch = separator.batch_size
+        self.group = max(1, batch // 2) if separator.channel_flip else batch
         self.groups = -(-self.patches // self.group)
         self.next_patch = 0
         self.magnitude = _Frames()

@@ -65,8 +65,7 @@ def load(path: PathLike) -> tuple[Tensor, int]:
             NaN or infinite samples; a format that needs ffmpeg when it is not installed.
     """
     with AudioReader(path) as reader:
-        blocks = list(reader.blocks())
-        return torch.cat(blocks, dim=-1), reader.sample_rate
+        return torch.cat(list(reader.blocks()), dim=-1), reader.sample_rate
 
 
 def probe(path: PathLike) -> None:
@@ -344,19 +343,17 @@ class StemWriter:
                 self._stack.callback(_remove_if_empty, folder)
             for name in self.names:
                 if self.bits == 32:
-                    tmp = self._stack.enter_context(atomic_path(self.path(name)))
-                    self._files[name] = soundfile.SoundFile(
-                        str(tmp), "w", self.sample_rate, self.channels, subtype="FLOAT",
-                        format="WAV")
+                    tmp, container = self._stack.enter_context(atomic_path(self.path(name))), "WAV"
                 else:
                     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".float.wav.part",
                                                dir=self.folder)
                     os.close(fd)
-                    self._floats[name] = Path(tmp)
-                    self._stack.callback(Path(tmp).unlink, missing_ok=True)
-                    self._files[name] = soundfile.SoundFile(
-                        tmp, "w", self.sample_rate, self.channels, subtype="FLOAT",
-                        format="RF64")
+                    tmp = self._floats[name] = Path(tmp)
+                    self._stack.callback(tmp.unlink, missing_ok=True)
+                    container = "RF64"
+                self._files[name] = soundfile.SoundFile(
+                    str(tmp), "w", self.sample_rate, self.channels, subtype="FLOAT",
+                    format=container)
                 self._stack.callback(self._files[name].close)
         except BaseException:
             self._stack.__exit__(*sys.exc_info())

@@ -9,8 +9,9 @@ Layout: complex spectrograms are ``(..., bins, frames)`` with ``bins = n_fft // 
 (frames last, as ``torch.stft`` returns them; open-unmix convention).
 
 :class:`StftStream` and :class:`IstftStream` compute the same transforms on a signal that
-arrives in blocks, up to float rounding. The constants below are the official D3Net values (44.1 kHz, 4096 / 1024); a separation
-model carries its own in its config (``MSSConfig.sample_rate / fft_size / hop_size``).
+arrives in blocks, up to float rounding. The constants below are the official D3Net values
+(44.1 kHz, 4096 / 1024); a separation model carries its own in its config
+(``MSSConfig.sample_rate / fft_size / hop_size``).
 """
 from __future__ import annotations
 
@@ -34,8 +35,7 @@ def stft(waveform: Tensor, n_fft: int = N_FFT, hop: int = HOP) -> Tensor:
 
     Args:
         waveform: ``(..., samples)`` real tensor.
-        n_fft: window and FFT size.
-        hop: hop size in samples.
+        n_fft, hop: window and FFT size, hop size, in samples.
 
     Returns:
         Complex tensor ``(..., bins, frames)``, ``bins = n_fft // 2 + 1`` and
