@@ -1,29 +1,17 @@
 """Network execution backends: run one target's music network on a batch of patches.
 
-A *runner* maps a batch of magnitude patches ``(patches, channels, bins, frames)`` to the
-target's magnitude estimate of the same shape, float32, on the batch's device. Two
-backends:
+A *runner* maps magnitude patches ``(patches, channels, bins, frames)`` to the target's
+estimate of the same shape, float32, on the batch's device:
 
-- ``"torch"``: the PyTorch module itself, in eval mode. On CPU the network is moved to
-  the channels-last memory layout (oneDNN's fastest for these narrow convolutions; the
-  same float32 results to ~1e-7); ``precision="bfloat16"`` runs it under bfloat16
-  autocast; ``compat="official"`` keeps PyTorch's native float32 CPU kernels and layout
-  (:func:`d3net.utils.exact_float32`), whose accumulation order is closest to NNabla's.
-- ``"openvino"`` (CPU only, ``pip install 'd3net[openvino]'``): the network converted
-  with ``openvino.convert_model`` (traced from PyTorch, dynamic batch and frame axes, so
-  256- and 384-frame patches share one conversion), compiled for the CPU with
-  ``INFERENCE_PRECISION_HINT`` ``bf16`` or ``f32``. Converting a full-size network takes
-  ~25 s, so the converted model is cached in ``$D3NET_HOME/openvino`` (default
-  ``~/.cache/d3net``) under the network's :func:`d3net.models.fingerprint` (config and
-  weights) and the OpenVINO version: changed weights or a new OpenVINO never reuse a
-  stale conversion.
+- ``"torch"`` (:class:`TorchRunner`): the PyTorch module, channels-last on CPU.
+- ``"openvino"`` (:class:`OpenVINORunner`, CPU only, ``pip install 'd3net[openvino]'``):
+  the network converted once and cached.
 
 ``"auto"`` picks OpenVINO for d3net music networks on CPU when it is installed (and not
 for ``compat="official"``), PyTorch otherwise and on GPUs. ``precision="auto"`` picks
-bfloat16 where the hardware computes it natively (:func:`d3net.utils.native_bfloat16`: a
-CPU with AVX-512 BF16 or AMX, as PyTorch's own CPU capability query reports; a CUDA GPU
-with native bfloat16) and float32 elsewhere: on CPUs without it bfloat16 is emulated and
-no faster.
+bfloat16 where the hardware computes it natively (:func:`d3net.utils.native_bfloat16`:
+a CPU with AVX-512 BF16 or AMX, a CUDA GPU with native bfloat16) and float32 elsewhere,
+where bfloat16 is emulated and no faster. bfloat16 changes magnitudes by ~1e-3 relative.
 
 OpenVINO runs with as many threads as ``torch.get_num_threads()``, so one setting
 (``torch.set_num_threads`` or ``OMP_NUM_THREADS``) governs both backends.
@@ -74,6 +62,13 @@ def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+def _require_openvino(models: list[nn.Module]) -> None:
+    if not all(isinstance(m, D3NetMSS) for m in models):
+        raise D3NetError("OpenVINO runs d3net music networks (D3NetMSS) only")
+    if not openvino_available():
+        raise D3NetError(f"OpenVINO is not installed: {INSTALL_OPENVINO}")
+
+
 def resolve_precision(precision: str, device: Union[str, torch.device],
                       compat: Optional[str] = None) -> str:
     """``"auto"`` -> ``"bfloat16"`` or ``"float32"`` (see the module docstring).
@@ -97,14 +92,9 @@ def resolve_precision(precision: str, device: Union[str, torch.device],
 def resolve_backend(backend: str, device: Union[str, torch.device],
                     compat: Optional[str] = None,
                     models: Optional[list[nn.Module]] = None) -> str:
-    """``"auto"`` -> ``"openvino"`` or ``"torch"``; checks an explicit choice can run.
-
-    Args:
-        backend: ``"auto"``, ``"torch"`` or ``"openvino"``.
-        device: where the separation runs.
-        compat: ``"official"`` needs PyTorch's native kernels (torch backend).
-        models: the networks; ``auto`` picks OpenVINO only if all are d3net music
-            networks (other modules, e.g. test stand-ins, stay in PyTorch).
+    """``"auto"`` -> ``"openvino"`` or ``"torch"`` for ``models`` on ``device`` (see the
+    module docstring; other modules than d3net music networks stay in PyTorch); checks
+    that an explicit choice can run.
 
     Raises:
         D3NetError: unknown backend, OpenVINO requested but not installed, on a non-CPU
@@ -126,21 +116,21 @@ def resolve_backend(backend: str, device: Union[str, torch.device],
         if device.type != "cpu":
             raise D3NetError(f"the openvino backend runs on the CPU; got device {device} "
                              "(use backend 'torch' there)")
-        if not convertible:
-            raise D3NetError("the openvino backend runs d3net music networks (D3NetMSS) only")
-        if not openvino_available():
-            raise D3NetError(f"backend 'openvino' needs OpenVINO: {INSTALL_OPENVINO}")
+        _require_openvino(models or [])
     return backend
 
 
 class TorchRunner:
-    """Runs a network in PyTorch (see the module docstring for the layout and kernels).
+    """Runs a network in PyTorch.
 
     Args:
         model: maps ``(patches, channels, bins, frames)`` to the same shape; put in eval
-            mode and, on CPU unless ``compat="official"``, into the channels-last layout.
+            mode and, on CPU unless ``compat="official"``, into the channels-last layout
+            (oneDNN's fastest for these narrow convolutions; float32 results to ~1e-7).
         precision: ``"float32"`` or ``"bfloat16"`` (autocast).
-        compat: ``"official"`` for PyTorch's native float32 CPU kernels.
+        compat: ``"official"`` keeps PyTorch's native float32 CPU kernels and layout
+            (:func:`d3net.utils.exact_float32`), whose accumulation order is closest to
+            NNabla's.
     """
 
     backend = "torch"
@@ -185,44 +175,37 @@ class PatchNetwork(nn.Module):
         return self.network.forward_official_layout(magnitude.transpose(2, 3)).transpose(2, 3)
 
 
-def example_magnitude(model: D3NetMSS, frames: Optional[int] = None) -> Tensor:
+def traceable(model: D3NetMSS, frames: Optional[int] = None) -> tuple[PatchNetwork, Tensor]:
+    """A float32, contiguous-layout CPU :class:`PatchNetwork` copy of ``model`` in eval mode
+    (the caller's model is left as is) and an example magnitude of ``frames`` frames
+    (default ``patch_frames``) to trace it with.
+
+    Raises:
+        D3NetError: ``frames`` is not a positive multiple of ``config.frame_multiple``.
+    """
     config = model.config
     frames = config.patch_frames if frames is None else int(frames)
     if frames <= 0 or frames % config.frame_multiple:
         raise D3NetError(f"frames must be a positive multiple of {config.frame_multiple}, "
                          f"got {frames}")
-    return torch.rand(1, config.audio_channels, config.num_bins, frames,
-                      generator=torch.Generator().manual_seed(0))
-
-
-def float32_cpu_copy(model: D3NetMSS) -> D3NetMSS:
-    """A float32, contiguous-layout CPU copy in eval mode (the caller's model is left as is)."""
-    model = copy.deepcopy(model).float().cpu().eval()
-    return model.to(memory_format=torch.contiguous_format)
+    network = copy.deepcopy(model).float().cpu().eval().to(memory_format=torch.contiguous_format)
+    example = torch.rand(1, config.audio_channels, config.num_bins, frames,
+                         generator=torch.Generator().manual_seed(0))
+    return PatchNetwork(network).eval(), example
 
 
 def convert_openvino(model: D3NetMSS, frames: Optional[int] = None):
-    """Convert a music network to an ``openvino.Model`` (no cache).
-
-    The model's input ``magnitude`` is ``(batch, channels, bins, frames)`` with dynamic
-    batch and frames (a multiple of ``model.config.frame_multiple``); the output
-    ``estimate`` has the same shape.
-
-    Args:
-        model: the network (any device or layout; a float32 CPU copy is converted).
-        frames: the traced example's frame count (default: ``patch_frames``).
+    """Convert a music network (see :func:`traceable`) to an ``openvino.Model``, uncached:
+    input ``magnitude``, output ``estimate`` as :class:`PatchNetwork`'s, dynamic batch and
+    frames; ``frames`` is the traced example's frame count (default: ``patch_frames``).
 
     Raises:
         D3NetError: OpenVINO is not installed, or the model is not a music network.
     """
-    if not isinstance(model, D3NetMSS):
-        raise D3NetError("only d3net music networks (D3NetMSS) can be converted")
-    if not openvino_available():
-        raise D3NetError(f"converting to OpenVINO needs OpenVINO: {INSTALL_OPENVINO}")
+    _require_openvino([model])
     import openvino as ov  # optional dependency
 
-    network = PatchNetwork(float32_cpu_copy(model)).eval()
-    example = example_magnitude(model, frames)
+    network, example = traceable(model, frames)
     config = model.config
     with torch.no_grad(), warnings.catch_warnings():
         # OpenVINO traces the module with TorchScript, which PyTorch flags as deprecated
@@ -236,11 +219,8 @@ def convert_openvino(model: D3NetMSS, frames: Optional[int] = None):
 
 
 def openvino_cache_dir(model: D3NetMSS, cache_dir: Optional[PathLike] = None) -> Path:
-    """Where the converted ``model`` is cached: ``<cache>/openvino/<fingerprint>-ov<version>``.
-
-    ``cache_dir`` defaults to :func:`d3net.utils.cache_home` (``$D3NET_HOME`` or
-    ``~/.cache/d3net``).
-    """
+    """Where the converted ``model`` is cached: ``<cache>/openvino/<fingerprint>-ov<version>``,
+    ``<cache>`` being ``cache_dir`` or :func:`d3net.utils.cache_home` (``$D3NET_HOME``)."""
     import openvino as ov  # optional dependency
 
     version = "".join(c if c.isalnum() or c in ".-" else "_"
@@ -289,13 +269,17 @@ def cached_openvino_model(model: D3NetMSS, cache_dir: Optional[PathLike] = None,
 class OpenVINORunner:
     """Runs a music network with OpenVINO on the CPU.
 
+    The network is converted with ``openvino.convert_model`` (traced from PyTorch, dynamic
+    batch and frame axes, so every patch length shares one conversion) and cached under
+    its :func:`d3net.models.fingerprint` and the OpenVINO version (~25 s per full-size
+    network; see :func:`openvino_cache_dir`), so changed weights or a new OpenVINO never
+    reuse a stale conversion.
+
     Args:
         model: a :class:`~d3net.models.D3NetMSS` (left untouched).
         precision: ``"float32"`` (``INFERENCE_PRECISION_HINT=f32``: PyTorch's float32
-            output to ~1e-6) or ``"bfloat16"`` (``bf16``: ~1e-3 relative change, several
-            times faster on CPUs with native bfloat16).
-        cache_dir: the conversion cache's root (default ``$D3NET_HOME``, see
-            :func:`openvino_cache_dir`).
+            output to ~1e-6) or ``"bfloat16"`` (``bf16``).
+        cache_dir: the conversion cache's root (see :func:`openvino_cache_dir`).
         progress: say on stderr when a network is converted (the first time: ~25 s).
 
     Raises:
@@ -308,10 +292,7 @@ class OpenVINORunner:
                  cache_dir: Optional[PathLike] = None, progress: bool = False):
         if precision not in ("float32", "bfloat16"):
             raise D3NetError(f"OpenVINORunner runs float32 or bfloat16, not {precision!r}")
-        if not isinstance(model, D3NetMSS):
-            raise D3NetError("the openvino backend runs d3net music networks (D3NetMSS) only")
-        if not openvino_available():
-            raise D3NetError(f"backend 'openvino' needs OpenVINO: {INSTALL_OPENVINO}")
+        _require_openvino([model])
         import openvino as ov  # optional dependency
 
         self.precision = precision

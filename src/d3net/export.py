@@ -4,14 +4,11 @@ Each target's network is exported on its own (as Sony's OpenVINO variant of D3Ne
 file per source), as :class:`d3net.backends.PatchNetwork`: input ``magnitude``
 ``(batch, channels, bins, frames)`` float32, output ``estimate`` of the same shape, batch
 and frames dynamic, frames a multiple of ``frame_multiple`` (16 for the official
-configurations; pad with zeros and crop). The separation around it (STFT, patches of
-``patch_frames`` frames shifted by ``out_shift``, channel flip, Wiener filter, iSTFT) is
-described in :mod:`d3net.separate`. The exported file records the d3net config (JSON),
-the weights' :func:`d3net.models.fingerprint`, the target and ``frame_multiple``: ONNX in
-its ``metadata_props``, OpenVINO IR in its ``rt_info`` under ``d3net``.
-
-Both exports match the PyTorch float32 output to ~1e-7 relative (tests/test_backends.py
-asserts 1e-5 with onnxruntime and with the OpenVINO runtime).
+configurations; pad with zeros and crop). The separation around it is described in
+:mod:`d3net.separate`. The file records the d3net config (JSON), the weights'
+:func:`d3net.models.fingerprint`, the target and ``frame_multiple``: ONNX in its
+``metadata_props``, OpenVINO IR in its ``rt_info`` under ``d3net``. Both match the PyTorch
+float32 output to ~1e-7 relative (tests/test_backends.py asserts 1e-5).
 """
 from __future__ import annotations
 
@@ -25,33 +22,25 @@ from typing import Dict, List, Optional
 
 import torch
 
-from d3net import models as model_io
-from d3net.backends import PatchNetwork, example_magnitude, float32_cpu_copy, convert_openvino
+from d3net.backends import convert_openvino, traceable
 from d3net.configs import to_dict
 from d3net.errors import D3NetError
-from d3net.models import D3NetMSS
+from d3net.models import D3NetMSS, fingerprint, load_separation
 from d3net.utils import PathLike, atomic_path, check_writable
 
 FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
 ONNX_OPSET = 17
 
-__all__ = ["FORMATS", "export_onnx", "export_openvino", "export_models", "load_models"]
+__all__ = ["FORMATS", "export_onnx", "export_openvino", "export_models"]
 
 
 def _metadata(model: D3NetMSS) -> Dict[str, str]:
     config = model.config
     return {"d3net_config": json.dumps(to_dict(config)),
-            "d3net_fingerprint": model_io.fingerprint(model),
+            "d3net_fingerprint": fingerprint(model),
             "target": str(config.target),
             "frame_multiple": str(config.frame_multiple),
             "layout": "magnitude (batch, channels, bins, frames) -> estimate, same shape"}
-
-
-def _check_model(model) -> D3NetMSS:
-    if not isinstance(model, D3NetMSS):
-        raise D3NetError("only d3net music separation networks can be exported (got "
-                         f"{type(model).__name__})")
-    return model
 
 
 def export_onnx(model: D3NetMSS, path: PathLike, frames: Optional[int] = None,
@@ -67,13 +56,14 @@ def export_onnx(model: D3NetMSS, path: PathLike, frames: Optional[int] = None,
     Raises:
         D3NetError: not a music network, or the ``onnx`` package is missing.
     """
-    model = _check_model(model)
+    if not isinstance(model, D3NetMSS):
+        raise D3NetError("only d3net music separation networks can be exported (got "
+                         f"{type(model).__name__})")
     try:
         import onnx  # optional dependency (extra "onnx")
     except ImportError:
         raise D3NetError("exporting to ONNX needs onnx: pip install 'd3net[onnx]'") from None
-    network = PatchNetwork(float32_cpu_copy(model)).eval()
-    example = example_magnitude(model, frames)
+    network, example = traceable(model, frames)
     dynamic = {0: "batch", 3: "frames"}
     path = Path(path)
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
@@ -103,7 +93,6 @@ def export_openvino(model: D3NetMSS, path: PathLike,
     Raises:
         D3NetError: not a music network, or OpenVINO is missing.
     """
-    model = _check_model(model)
     converted = convert_openvino(model, frames)
     import openvino as ov  # optional dependency, present once convert_openvino returned
 
@@ -121,17 +110,6 @@ def export_openvino(model: D3NetMSS, path: PathLike,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
-
-
-def load_models(model: PathLike) -> Dict[str, D3NetMSS]:
-    """target -> music network for any separation model spec (a model file, a separation
-    model folder, an official ``.h5``, a weight name such as ``official-mss``): see
-    :func:`d3net.models.load_separation`.
-
-    Raises:
-        D3NetError: nothing there, no music model in the folder, not a music model.
-    """
-    return model_io.load_separation(model)
 
 
 def export_models(model: PathLike, format: str, out: PathLike,
@@ -157,7 +135,7 @@ def export_models(model: PathLike, format: str, out: PathLike,
         raise D3NetError(f"unknown export format {format!r}; expected one of "
                          f"{', '.join(FORMATS)}")
     suffix = FORMATS[format]
-    networks = load_models(model)
+    networks = load_separation(model)
     out = Path(out)
     if len(networks) == 1 and not Path(model).is_dir() and out.suffix == suffix:
         destinations = {target: out for target in networks}

@@ -1,6 +1,6 @@
 """Music source separation with one D3Net per target: waveform in, stems out.
 
-The pipeline follows the official D3Net inference, top to bottom:
+The pipeline follows the official D3Net inference:
 
 1. resample to the models' rate (soxr) when needed; mono is duplicated to stereo;
 2. STFT (:mod:`d3net.audio.spectral`) and its magnitude;
@@ -12,37 +12,29 @@ The pipeline follows the official D3Net inference, top to bottom:
    of vocals, drums, bass and other;
 5. iSTFT to the input's length, resampling back to the input's rate and channel count.
 
-The models carry their signal processing: sample rate, FFT size, hop and channel count
-come from each model's config (``MSSConfig.sample_rate / fft_size / hop_size /
-audio_channels``; the official models: 44.1 kHz, 4096, 1024, stereo), and a set of models
-that disagree is refused. A mono model (``audio_channels=1``) sees the channels' mean
-magnitude, as in training, and its estimate filters every channel.
+Sample rate, FFT size, hop and channel count come from each model's config
+(``MSSConfig.sample_rate / fft_size / hop_size / audio_channels``; the official models:
+44.1 kHz, 4096, 1024, stereo); models that disagree are refused. A mono model sees the
+channels' mean magnitude, as in training, and its estimate filters every channel.
 
-Streaming: a song passes through every stage in blocks (:meth:`Separator.separate_file`
-reads, separates and writes files that way; :meth:`Separator.separate` feeds a tensor
-through the same path), so memory is bounded by the models, the patches in flight and
-one Wiener window, whatever the song's length (OpenVINO's activation buffers are released
-each time the song moves on to the next target's network, so only one network's are held
-at a time). The block size does not change the result
-(beyond float rounding): every stage computes exactly what it computes on the whole song,
-except the Wiener filter, whose statistics cover one window of :data:`WIENER_WINDOW`
-frames plus a quarter window of context on each side, so that no window is short and
-neighbouring windows share frames (``wiener_window=None``: the whole song, as the official
-filter; memory then grows with the song).
+Streaming: a song passes through every stage in blocks, so memory is bounded by the
+models, the patches in flight and one Wiener window, whatever the song's length (OpenVINO's
+activation buffers are released whenever the next target's network takes over). The block
+size does not change the result beyond float rounding, except that the Wiener statistics
+cover one window of :data:`WIENER_WINDOW` frames plus a quarter window of context on each
+side (``wiener_window=None``: the whole song, as the official filter; memory then grows
+with the song).
 
-Unlike the official code, the patches of a song are run in batches (the flipped copies in
-the same batch), and the overlap-add divides each frame by the number of patches that
-really cover it. The official code divides every frame by ``patch_frames / out_shift``,
-which halves the last frames of a song covered by one patch only; ``compat="official"``
-reproduces that exactly, with the official Wiener filter over the whole song.
+Unlike the official code, patches run in batches (the flipped copies in the same batch),
+and the overlap-add divides each frame by the number of patches that really cover it. The
+official code divides every frame by ``patch_frames / out_shift``, which halves the last
+frames of a song covered by one patch only; ``compat="official"`` reproduces that exactly,
+with the official Wiener filter over the whole song and PyTorch's native float32 CPU
+kernels (:func:`d3net.utils.exact_float32`).
 
-Speed and precision: the networks run through a backend (:mod:`d3net.backends`):
-PyTorch (channels-last on CPU) or OpenVINO (CPU), in float32 or bfloat16 (several times
-faster on CPUs with AMX or AVX-512 BF16 and on recent GPUs; magnitudes change by ~1e-3
-relative); ``"auto"`` picks the fastest the machine has. ``compat="official"`` keeps
-PyTorch's native float32 CPU kernels and layout (:func:`d3net.utils.exact_float32`).
-``mode="fast"`` trades a little quality for about 4x fewer network runs: no channel flip
-and patches that do not overlap (``overlap=0``; measured in benchmarks/RESULTS.md).
+The networks run through a backend (:mod:`d3net.backends`: PyTorch or OpenVINO, float32
+or bfloat16). ``mode="fast"`` trades a little quality for about 4x fewer network runs: no
+channel flip and patches that do not overlap (``overlap=0``; benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -57,16 +49,14 @@ from tqdm.auto import tqdm
 
 from d3net import backends
 from d3net.audio import io, spectral
-from d3net.audio.wiener import wiener
+from d3net.audio.wiener import COMPAT_MODES, wiener
 from d3net.configs import TARGETS
 from d3net.errors import D3NetError
 from d3net.models import load_separation
 from d3net.utils import PathLike
 
-COMPAT_MODES = (None, "official")
 MODES = ("default", "fast")
-# fast mode: no channel flip, patches side by side (see FAST_OVERLAP's measurement in
-# benchmarks/RESULTS.md, scripts/eval_fast_mode.py)
+# fast mode: patches side by side (measured in benchmarks/RESULTS.md, scripts/eval_fast_mode.py)
 FAST_OVERLAP = 0.0
 #: Frames per Wiener window (default mode): about 12 s at 44.1 kHz / hop 1024. Each
 #: window's statistics also cover a quarter window on each side.
@@ -80,12 +70,9 @@ BLOCK_SAMPLES = 2 ** 19
 
 @dataclass
 class SeparatedFile:
-    """What :meth:`Separator.separate_file` wrote.
-
-    ``paths``: stem -> output file; ``levels``: peaks, gain and clipping of the PCM output
-    (:class:`d3net.audio.io.StemLevels`); ``sample_rate``, ``channels`` and ``samples``
-    of the input (and of every stem).
-    """
+    """What :meth:`Separator.separate_file` wrote: stem -> file, the PCM output's
+    :class:`d3net.audio.io.StemLevels`, and the input's (and every stem's) rate, channels
+    and samples."""
 
     paths: Dict[str, Path]
     levels: io.StemLevels
@@ -101,20 +88,16 @@ class Separator(nn.Module):
         models: target name -> network mapping a magnitude ``(batch, channels, bins,
             frames)`` to the same shape; each has a ``.config`` with ``patch_frames``,
             ``out_shift`` and its signal processing (``sample_rate``, ``fft_size``,
-            ``hop_size``, ``audio_channels``; stand-ins without them get the official
-            44.1 kHz / 4096 / 1024 / stereo). All models must agree on the latter.
+            ``hop_size``, ``audio_channels``, on which all must agree; default: the
+            official 44.1 kHz / 4096 / 1024 / stereo).
         wiener_iterations: 0 = magnitudes with the mixture phase, 1 = the official
             multichannel Wiener filter, more = EM iterations.
         channel_flip: also run every patch with the stereo channels swapped and average
             (default: on, off in fast mode; always off for mono models).
-        compat: ``None`` (default) or ``"official"`` to reproduce the official
-            overlap-add normalisation and Wiener filter exactly, quirks included, with
-            PyTorch's native float32 CPU kernels.
-        precision: ``"auto"`` (default: bfloat16 where the hardware computes it natively,
-            float32 elsewhere), ``"float32"`` or ``"bfloat16"`` (~1e-3 relative change);
-            see :func:`d3net.backends.resolve_precision`.
-        backend: ``"auto"`` (default: OpenVINO on CPU when installed, PyTorch otherwise),
-            ``"torch"`` or ``"openvino"``; see :mod:`d3net.backends`.
+        compat: ``None`` (default) or ``"official"`` (see the module docstring).
+        precision: ``"auto"``, ``"float32"`` or ``"bfloat16"``; see
+            :func:`d3net.backends.resolve_precision`.
+        backend: ``"auto"``, ``"torch"`` or ``"openvino"``; see :mod:`d3net.backends`.
         mode: ``"default"`` (the official inference: channel flip, half-patch overlap) or
             ``"fast"`` (no flip, ``overlap=0``: about 4x fewer network runs).
         overlap: fraction of a patch shared with the next one (default: the model's
@@ -122,18 +105,14 @@ class Separator(nn.Module):
             mode); the resulting shift must divide the patch (0, 0.5, 0.75, ...).
         cache_dir: where OpenVINO conversions are cached (default ``$D3NET_HOME``).
         batch_size: network inputs per call (flipped copies included), bounding the
-            network's memory whatever the song's length. Default: 1 on CPU (oneDNN runs
-            these networks fastest one patch at a time: 2.3 s per patch at batch 1 against
-            3.2 s at batch 8, benchmarks/RESULTS.md), 16 elsewhere.
-        device: where the networks and the signal processing run (default: where the
-            models are).
+            network's memory. Default: 1 on CPU (oneDNN is fastest one patch at a time,
+            benchmarks/RESULTS.md), 16 elsewhere.
+        device: where everything runs (default: where the models are; the separator
+            moves them there and, on CPU unless ``compat="official"``, to channels-last).
         progress: show a progress bar over the patches.
-        wiener_window: frames filtered with shared statistics (which also cover a quarter
-            window on each side), or ``None`` for the whole song. Default ``"auto"``:
-            :data:`WIENER_WINDOW`, or the whole song with ``compat="official"``.
-
-    The separator owns its models: it moves them to its device and (on CPU, unless
-    ``compat="official"``) to the channels-last memory layout.
+        wiener_window: frames filtered with shared statistics, or ``None`` for the whole
+            song. Default ``"auto"``: :data:`WIENER_WINDOW`, or the whole song with
+            ``compat="official"``.
 
     Raises:
         D3NetError: no models, unknown options, a model without a patch config, or models
@@ -190,7 +169,6 @@ class Separator(nn.Module):
                 f"{t} {s.describe()}" for t, s in signals.items()))
         self.signal = next(iter(signals.values()))
         self.models = nn.ModuleDict(dict(models))
-        self.mode = mode
         self.wiener_iterations = int(wiener_iterations)
         flip = (mode != "fast") if channel_flip is None else bool(channel_flip)
         self.channel_flip = flip and self.signal.channels == 2
@@ -228,10 +206,6 @@ class Separator(nn.Module):
         if self._batch_size is not None:
             return self._batch_size
         return 1 if self.device.type == "cpu" else 16
-
-    @property
-    def _patches_per_group(self) -> int:
-        return max(1, self.batch_size // 2) if self.channel_flip else self.batch_size
 
     @property
     def targets(self) -> list[str]:
@@ -301,12 +275,11 @@ class Separator(nn.Module):
         """
         waveform = _check_waveform(waveform, sample_rate)
         channels, length = waveform.shape
-        names = self._output_names(accompaniment)
-        parts: Dict[str, List[Tensor]] = {name: [] for name in names}
+        parts: Dict[str, List[Tensor]] = {}
         blocks = waveform.detach().float().cpu().split(BLOCK_SAMPLES, dim=-1)
         for outputs in self._stream(blocks, channels, length, int(sample_rate), accompaniment):
             for name, block in outputs.items():
-                parts[name].append(block)
+                parts.setdefault(name, []).append(block)
         return {name: torch.cat(blocks, dim=-1).to(waveform.device)
                 for name, blocks in parts.items()}
 
@@ -317,10 +290,10 @@ class Separator(nn.Module):
         """Separate an audio file into ``folder/<stem>.<format>``, in blocks.
 
         Reads, separates and writes ``block_samples`` samples at a time, so memory does not
-        grow with the song (see the module docstring). Each output appears atomically
-        (temporary file, renamed when complete); on any error no output is changed. Stems
-        above full scale in 16/24-bit output are rescaled or clipped (``clip_mode``, see
-        :class:`d3net.audio.io.StemWriter`) and a warning says which stem and by how much.
+        grow with the song. Each output appears atomically; on any error no output is
+        changed. Stems above full scale in 16/24-bit output are rescaled or clipped
+        (:class:`d3net.audio.io.StemWriter`) and an :class:`OutputLevelWarning` says which
+        stem and by how much.
 
         Args:
             path: any file :class:`d3net.audio.io.AudioReader` reads (mp3/m4a via ffmpeg).
@@ -328,8 +301,7 @@ class Separator(nn.Module):
             accompaniment: also write ``accompaniment`` (see :meth:`separate`).
             format: ``"wav"`` or ``"flac"``.
             bits: 16 or 24 (PCM) or 32 (float WAV, any level kept).
-            clip_mode: ``"rescale"`` (default: one gain for every stem of the song, so
-                they keep their balance and still add up) or ``"clamp"``.
+            clip_mode: ``"rescale"`` (default: one gain for every stem) or ``"clamp"``.
             block_samples: samples per block at the input's rate.
 
         Returns:
@@ -369,13 +341,8 @@ class Separator(nn.Module):
 
     def _stream(self, blocks: Iterable[Tensor], channels: int, length: int, sample_rate: int,
                 accompaniment: bool) -> Iterator[Dict[str, Tensor]]:
-        """The song's stems, in blocks, at the input's rate and channel count.
-
-        ``blocks``: float32 ``(channels, n)`` at ``sample_rate``, ``length`` samples in
-        all. Yields ``{name: (channels, n)}``, ``length`` samples per name in all.
-        """
-        if not int(sample_rate) > 0:
-            raise D3NetError(f"invalid sample rate {sample_rate}")
+        """``length`` samples of float32 ``(channels, n)`` blocks at ``sample_rate`` ->
+        ``{name: (channels, n)}`` stem blocks at that rate, ``length`` samples in all."""
         rate = self.sample_rate
         # A song so short that it has no sample at the models' rate is padded with silence
         # (and cropped again): it then gets the one STFT frame every short song gets.
@@ -455,7 +422,14 @@ class Separator(nn.Module):
 
     def _patch_shift(self, target: str, model: nn.Module) -> tuple[int, int]:
         """``(patch, shift)`` in frames: the model's, or the shift set by ``overlap``."""
-        patch, shift = _patching(target, model)
+        config = getattr(model, "config", None)
+        try:
+            patch, shift = int(config.patch_frames), int(config.out_shift)
+        except (AttributeError, TypeError, ValueError):
+            raise D3NetError(f"model {target}: needs a .config with patch_frames and "
+                             "out_shift (is it a music separation model?)") from None
+        if patch <= 0 or shift <= 0 or shift > patch:
+            raise D3NetError(f"model {target}: invalid patch_frames {patch} / out_shift {shift}")
         if self.overlap is not None:
             shift = max(1, patch - round(self.overlap * patch))
         return patch, shift
@@ -508,12 +482,9 @@ class _Song:
 
     Works at the models' rate on ``channels`` channels; ``samples`` in total.
     :meth:`push` returns the stems' samples that are final (``{name: (channels, n)}``,
-    possibly empty), :meth:`finish` the rest.
-
-    What it holds between pushes: one STFT window of samples; the magnitudes from the
-    earliest frame a pending patch needs; each target's overlap-add buffer; the mixture
-    STFT and the finished estimates from the current Wiener window's context start; one
-    iSTFT window of samples.
+    possibly empty), :meth:`finish` the rest. Between pushes it holds the mixture STFT and
+    the estimates from the current Wiener window's context start, and one STFT and iSTFT
+    window of samples.
     """
 
     def __init__(self, separator: Separator, samples: int, channels: int,
@@ -561,7 +532,11 @@ class _Song:
             start, end = max(0, core - self.context), min(self.frames, core_end + self.context)
             if min(e.end for e in self.estimates.values()) < end or self.mixture.end < end:
                 break
-            pieces.append(self.istft.push(self._filter(start, end, core, core_end)))
+            magnitudes = torch.stack([self.estimates[t].get(start, end) for t in self.sep.targets])
+            filtered = wiener(magnitudes, self.mixture.get(start, end),
+                              iterations=self.sep.wiener_iterations,
+                              residual=self.sep.needs_residual, compat=self.sep.compat)
+            pieces.append(self.istft.push(filtered[..., core - start:core_end - start]))
             self.next_window += 1
             keep = max(0, core_end - self.context)
             self.mixture.drop_before(keep)
@@ -570,15 +545,6 @@ class _Song:
         if not pieces:
             return {}
         return self._stems(torch.cat(pieces, dim=-1))
-
-    def _filter(self, start: int, end: int, core: int, core_end: int) -> Tensor:
-        """Complex ``(sources, channels, bins, core frames)`` of one Wiener window."""
-        sep = self.sep
-        magnitudes = torch.stack([self.estimates[t].get(start, end) for t in sep.targets])
-        filtered = wiener(magnitudes, self.mixture.get(start, end),
-                          iterations=sep.wiener_iterations, residual=sep.needs_residual,
-                          compat=sep.compat)
-        return filtered[..., core - start:core_end - start]
 
     def _stems(self, stems: Tensor) -> Dict[str, Tensor]:
         """``(sources, channels, n)`` -> ``{name: (channels, n)}``."""
@@ -624,68 +590,46 @@ class _Frames:
             self.start += cut
 
 
-class _PatchPlan:
-    """Frame bookkeeping of the official overlap-add helper for one target.
-
-    The frames are padded with ``shift * (scale - 1)`` zeros in front and, behind, up to a
-    whole number of patches plus one more (``scale * shift``) zeros; patches start every
-    ``shift`` frames, ``(frames + zmod) / shift`` of them. Patch ``p`` covers the song's
-    frames ``[p * shift - front, p * shift - front + patch)``.
-    """
-
-    def __init__(self, frames: int, patch: int, shift: int):
-        self.frames, self.patch, self.shift = frames, patch, shift
-        self.scale = patch // shift
-        zmod = patch - frames % patch
-        self.patches = (frames + zmod) // shift
-        self.front = shift * (self.scale - 1)
-        self.back = zmod + shift * self.scale
-        self.buffer = self.front + frames + self.back
-
-    def first_frame(self, patch: int) -> int:
-        """The song frame where patch ``patch`` starts (negative: in the front padding)."""
-        return patch * self.shift - self.front
-
-    def coverage(self, start: int, stop: int, device: torch.device) -> Tensor:
-        """How many patches cover each of the song's frames ``[start, stop)``."""
-        padded = torch.arange(start, stop, device=device) + self.front
-        first = torch.clamp(torch.div(padded - self.patch, self.shift, rounding_mode="floor")
-                            + 1, min=0)
-        last = torch.clamp(torch.div(padded, self.shift, rounding_mode="floor"),
-                           max=self.patches - 1)
-        return (last - first + 1).clamp(min=0).float()
-
-
 class _PatchStream:
     """One target's network over a song's magnitude frames, pushed in blocks.
 
-    Patches run in groups of ``separator._patches_per_group`` consecutive patches (the same
-    groups whatever the block size, so the networks see the same batches); a frame's
-    estimate is final once every patch covering it has run. Holds the magnitudes from the
-    next pending patch's first frame and the overlap-add buffer of the patches run.
+    The frame bookkeeping is the official overlap-add helper's: the frames are padded with
+    ``shift * (scale - 1)`` zeros in front and behind up to a whole number of patches plus
+    one more; patches start every ``shift`` frames. Patches run in groups that fill one
+    batch (the same groups whatever the block size, so the networks see the same batches);
+    a frame's estimate is final once every patch covering it has run. Holds the magnitudes
+    from the next pending patch's first frame and the overlap-add sums from the first frame
+    not yet emitted.
     """
 
     def __init__(self, separator: Separator, target: str, frames: int):
         self.sep = separator
         self.model = separator.models[target]
-        self.plan = _PatchPlan(frames, *separator._patch_shift(target, self.model))
-        self.group = separator._patches_per_group
-        self.groups = -(-self.plan.patches // self.group)
+        self.frames = frames
+        self.patch, self.shift = separator._patch_shift(target, self.model)
+        self.scale = self.patch // self.shift
+        self.patches = (frames + self.patch - frames % self.patch) // self.shift
+        self.front = self.shift * (self.scale - 1)
+        batch = separator.batch_size
+        self.group = max(1, batch // 2) if separator.channel_flip else batch
+        self.groups = -(-self.patches // self.group)
         self.next_patch = 0
         self.magnitude = _Frames()
-        self.output = _Frames()      # overlap-add sums, from the first frame not yet emitted
+        self.output = _Frames()
         self.bar: Optional[tqdm] = None
+
+    def first_frame(self, patch: int) -> int:
+        """The song frame where patch ``patch`` starts (negative: in the front padding)."""
+        return patch * self.shift - self.front
 
     def push(self, magnitude: Tensor) -> Optional[Tensor]:
         """Add the next mixture magnitude frames ``(channels, bins, n)``; return the
         estimate frames ``(channels, bins, m)`` that became final (``None``: none)."""
         self.magnitude.append(magnitude)
-        plan = self.plan
         ran = False
-        while self.next_patch < plan.patches:
-            last = min(self.next_patch + self.group, plan.patches) - 1
-            needed = min(plan.frames, plan.first_frame(last) + plan.patch)
-            if self.magnitude.end < needed:
+        while self.next_patch < self.patches:
+            last = min(self.next_patch + self.group, self.patches) - 1
+            if self.magnitude.end < min(self.frames, self.first_frame(last) + self.patch):
                 break
             self._run_group(range(self.next_patch, last + 1))
             self.next_patch = last + 1
@@ -696,37 +640,33 @@ class _PatchStream:
         return self._emit()
 
     def _run_group(self, patches: range) -> None:
-        plan, sep = self.plan, self.sep
-        starts = [plan.first_frame(p) for p in patches]
-        batch = torch.stack([self.magnitude.get(s, s + plan.patch) for s in starts])
+        starts = [self.first_frame(p) for p in patches]
+        batch = torch.stack([self.magnitude.get(s, s + self.patch) for s in starts])
         channels = batch.shape[1]
-        model_channels = sep.signal.channels
-        if model_channels == 1 and channels != 1:
+        if self.sep.signal.channels == 1:
             batch = batch.mean(dim=1, keepdim=True)
-        estimates = sep._run(self.model, batch)
-        if estimates.shape[1] != channels:
-            estimates = estimates.expand(-1, channels, -1, -1)
+        estimates = self.sep._run(self.model, batch).expand(-1, channels, -1, -1)
         self._add(starts, estimates)
         if self.bar is not None:
             self.bar.update()
-        self.magnitude.drop_before(plan.first_frame(patches[-1] + 1))
+        self.magnitude.drop_before(self.first_frame(patches[-1] + 1))
 
     def _add(self, starts: List[int], estimates: Tensor) -> None:
         """Overlap-add patch outputs into the song's frames ``[0, frames)``."""
-        plan, output = self.plan, self.output
-        end = min(plan.frames, starts[-1] + plan.patch)
+        output = self.output
+        end = min(self.frames, starts[-1] + self.patch)
         if end > output.end:
             output.append(estimates.new_zeros(*estimates.shape[1:-1], end - output.end))
         for start, estimate in zip(starts, estimates):
-            lo, hi = max(start, 0), min(start + plan.patch, plan.frames)
+            lo, hi = max(start, 0), min(start + self.patch, self.frames)
             if hi > lo:
                 output.data[..., lo - output.start:hi - output.start] += \
                     estimate[..., lo - start:hi - start]
 
     def _emit(self) -> Optional[Tensor]:
-        plan, output = self.plan, self.output
-        done = plan.frames if self.next_patch >= plan.patches else \
-            max(0, plan.first_frame(self.next_patch))
+        output = self.output
+        done = self.frames if self.next_patch >= self.patches else \
+            max(0, self.first_frame(self.next_patch))
         start = output.start
         if output.data is None or min(done, output.end) <= start:
             return None
@@ -734,20 +674,17 @@ class _PatchStream:
         frames = output.get(start, done)
         output.drop_before(done)
         if self.sep.compat == "official":
-            return frames / plan.scale
-        return frames / plan.coverage(start, done, frames.device)
+            return frames / self.scale
+        return frames / self._coverage(start, done, frames.device)
 
-
-def _patching(target: str, model: nn.Module) -> tuple[int, int]:
-    config = getattr(model, "config", None)
-    try:
-        patch, shift = int(config.patch_frames), int(config.out_shift)
-    except (AttributeError, TypeError, ValueError):
-        raise D3NetError(f"model {target}: needs a .config with patch_frames and "
-                         "out_shift (is it a music separation model?)") from None
-    if patch <= 0 or shift <= 0 or shift > patch:
-        raise D3NetError(f"model {target}: invalid patch_frames {patch} / out_shift {shift}")
-    return patch, shift
+    def _coverage(self, start: int, stop: int, device: torch.device) -> Tensor:
+        """How many patches cover each of the song's frames ``[start, stop)``."""
+        padded = torch.arange(start, stop, device=device) + self.front
+        first = torch.clamp(torch.div(padded - self.patch, self.shift, rounding_mode="floor")
+                            + 1, min=0)
+        last = torch.clamp(torch.div(padded, self.shift, rounding_mode="floor"),
+                           max=self.patches - 1)
+        return (last - first + 1).clamp(min=0).float()
 
 
 def _check_waveform(waveform: Tensor, sample_rate: int) -> Tensor:

@@ -5,12 +5,8 @@ soundfile; compressed and container formats (mp3, m4a, mp4, MUSDB's ``.stem.mp4`
 decoded by an ``ffmpeg`` subprocess when ``ffmpeg`` is on the PATH. Every problem a user
 can fix is raised as a one-line :class:`~d3net.errors.D3NetError` naming the file.
 
-Long files are read, resampled and written in blocks so that memory does not grow with the
-song: :class:`AudioReader` (blocks of a file; ffmpeg formats are first decoded to a
-temporary float WAV on disk, 10.6 MB per stereo minute, since their decoders cannot seek
-and length is only known after decoding), :class:`ResampleStream` (soxr's streaming
-resampler, identical to :func:`resample` on the whole) and :class:`StemWriter` (the stems
-of one song streamed to their files, atomically, with :data:`CLIP_MODES` for PCM output).
+Long files are read (:class:`AudioReader`), resampled (:class:`ResampleStream`) and
+written (:class:`StemWriter`) in blocks so that memory does not grow with the song.
 """
 from __future__ import annotations
 
@@ -69,8 +65,7 @@ def load(path: PathLike) -> tuple[Tensor, int]:
             NaN or infinite samples; a format that needs ffmpeg when it is not installed.
     """
     with AudioReader(path) as reader:
-        blocks = list(reader.blocks())
-        return torch.cat(blocks, dim=-1), reader.sample_rate
+        return torch.cat(list(reader.blocks()), dim=-1), reader.sample_rate
 
 
 def probe(path: PathLike) -> None:
@@ -88,9 +83,9 @@ class AudioReader:
     """An audio file read in blocks: ``with AudioReader(path) as r: for b in r.blocks(): ...``.
 
     Attributes (after opening): ``sample_rate`` (Hz), ``channels``, ``frames`` (samples per
-    channel). Formats soundfile reads are read directly; the others (see
-    :data:`FFMPEG_SUFFIXES`) are decoded by ffmpeg into a temporary 32-bit float WAV first,
-    removed on closing.
+    channel). :data:`FFMPEG_SUFFIXES` are decoded by ffmpeg into a temporary float WAV
+    first (10.6 MB per stereo minute; their decoders cannot seek and the length is only
+    known after decoding), removed on closing.
 
     Raises:
         D3NetError: on opening, as :func:`load`; while reading, NaN or infinite samples or
@@ -102,6 +97,7 @@ class AudioReader:
         self._decode_seconds = decode_seconds  # ffmpeg formats: only the first seconds
         self._file: Optional[soundfile.SoundFile] = None
         self._tmp: Optional[tempfile.TemporaryDirectory] = None
+        self.sample_rate = self.channels = self.frames = 0
 
     def __enter__(self) -> "AudioReader":
         path = self.path
@@ -116,6 +112,8 @@ class AudioReader:
         except BaseException:
             self.close()
             raise
+        file = self._file
+        self.sample_rate, self.channels, self.frames = file.samplerate, file.channels, file.frames
         if self.frames == 0 or self.channels == 0:
             self.close()
             raise D3NetError(f"{path}: contains no audio samples (zero length)")
@@ -123,18 +121,6 @@ class AudioReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    @property
-    def sample_rate(self) -> int:
-        return int(self._file.samplerate)
-
-    @property
-    def channels(self) -> int:
-        return int(self._file.channels)
-
-    @property
-    def frames(self) -> int:
-        return int(self._file.frames)
 
     def blocks(self, size: int = BLOCK_SAMPLES) -> Iterator[Tensor]:
         """Float32 ``(channels, <= size)`` blocks from the start, ``frames`` in total."""
@@ -295,7 +281,8 @@ class StemLevels:
         over = self.over
         if not over or self.bits == 32:
             return None
-        peaks = ", ".join(f"{name} peaks at {_dbfs(self.peaks[name])}" for name in over)
+        peaks = ", ".join(f"{name} peaks at {20 * np.log10(self.peaks[name]):+.1f} dBFS"
+                          for name in over)
         if self.gain != 1.0:
             return (f"{peaks}: every stem scaled by {20 * np.log10(self.gain):.1f} dB to fit "
                     f"{self.bits}-bit PCM (--clip-mode clamp clips instead, --bits 32 keeps "
@@ -307,10 +294,6 @@ class StemLevels:
                 "waveform, --bits 32 the level)")
 
 
-def _dbfs(peak: float) -> str:
-    return f"{20 * np.log10(peak):+.1f} dBFS"
-
-
 class StemWriter:
     """The stems of one song streamed to ``folder/<name>.<format>``, atomically.
 
@@ -319,18 +302,14 @@ class StemWriter:
     output untouched and removes the temporary files.
 
     Float output (``bits=32``) goes straight to each file's temporary twin. PCM output
-    (16/24 bits) needs the song's peak before the first sample is written (``rescale``), so
-    the stems are first streamed to temporary float WAVs beside the outputs, then converted
-    in blocks with the gain (``rescale``) or clipping (``clamp``) applied; the disk holds
-    the float copies (10.6 MB per stereo minute and stem) until then.
+    needs the song's peak before the first sample is written (``rescale``), so the stems
+    are first streamed to temporary float WAVs beside the outputs (10.6 MB per stereo
+    minute and stem), then converted in blocks.
 
     Args:
-        folder: output folder (created).
-        names: the stems, in order.
-        sample_rate: Hz.
-        channels: channels per stem.
-        format: ``"wav"`` or ``"flac"``.
-        bits: 16, 24 or 32 (float WAV).
+        folder: output folder (created; removed again on failure if it was new).
+        names, sample_rate, channels: the stems, in order; their rate (Hz) and channels.
+        format: ``"wav"`` or ``"flac"``; bits: 16, 24 or 32 (float WAV).
         clip_mode: one of :data:`CLIP_MODES` (PCM only; float output keeps any level).
 
     Raises:
@@ -364,19 +343,17 @@ class StemWriter:
                 self._stack.callback(_remove_if_empty, folder)
             for name in self.names:
                 if self.bits == 32:
-                    tmp = self._stack.enter_context(atomic_path(self.path(name)))
-                    self._files[name] = soundfile.SoundFile(
-                        str(tmp), "w", self.sample_rate, self.channels, subtype="FLOAT",
-                        format="WAV")
+                    tmp, container = self._stack.enter_context(atomic_path(self.path(name))), "WAV"
                 else:
                     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".float.wav.part",
                                                dir=self.folder)
                     os.close(fd)
-                    self._floats[name] = Path(tmp)
-                    self._stack.callback(_remove, Path(tmp))
-                    self._files[name] = soundfile.SoundFile(
-                        tmp, "w", self.sample_rate, self.channels, subtype="FLOAT",
-                        format="RF64")
+                    tmp = self._floats[name] = Path(tmp)
+                    self._stack.callback(tmp.unlink, missing_ok=True)
+                    container = "RF64"
+                self._files[name] = soundfile.SoundFile(
+                    str(tmp), "w", self.sample_rate, self.channels, subtype="FLOAT",
+                    format=container)
                 self._stack.callback(self._files[name].close)
         except BaseException:
             self._stack.__exit__(*sys.exc_info())
@@ -439,7 +416,7 @@ class StemWriter:
                             clipped += int(over.sum())
                             data = np.clip(data, -1.0, 1.0)
                         target.write(data)
-                _remove(self._floats[name])
+                self._floats[name].unlink(missing_ok=True)
                 self.levels.clipped[name] = clipped
 
 
@@ -455,11 +432,6 @@ def check_output_format(format: str, bits: int, clip_mode: str = "rescale") -> N
     if clip_mode not in CLIP_MODES:
         raise D3NetError(f"unknown clip mode {clip_mode!r}; expected one of "
                          + ", ".join(CLIP_MODES))
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
 
 
 def _remove_if_empty(folder: Path) -> None:

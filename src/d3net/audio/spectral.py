@@ -9,11 +9,9 @@ Layout: complex spectrograms are ``(..., bins, frames)`` with ``bins = n_fft // 
 (frames last, as ``torch.stft`` returns them; open-unmix convention).
 
 :class:`StftStream` and :class:`IstftStream` compute the same transforms on a signal that
-arrives in blocks (long songs), holding one window of samples between blocks; their
-results equal :func:`stft` / :func:`istft` on the whole signal up to float rounding.
-
-The constants below are the official D3Net values (44.1 kHz, 4096 / 1024); a separation
-model carries its own in its config (``MSSConfig.sample_rate / fft_size / hop_size``).
+arrives in blocks, up to float rounding. The constants below are the official D3Net values
+(44.1 kHz, 4096 / 1024); a separation model carries its own in its config
+(``MSSConfig.sample_rate / fft_size / hop_size``).
 """
 from __future__ import annotations
 
@@ -37,8 +35,7 @@ def stft(waveform: Tensor, n_fft: int = N_FFT, hop: int = HOP) -> Tensor:
 
     Args:
         waveform: ``(..., samples)`` real tensor.
-        n_fft: window and FFT size.
-        hop: hop size in samples.
+        n_fft, hop: window and FFT size, hop size, in samples.
 
     Returns:
         Complex tensor ``(..., bins, frames)``, ``bins = n_fft // 2 + 1`` and
@@ -124,8 +121,7 @@ class StftStream:
         if not block.dtype.is_floating_point:
             block = block.float()
         if self._buffer is None:
-            pad = block.new_zeros(*block.shape[:-1], self.n_fft // 2)
-            self._buffer = pad
+            self._buffer = block.new_zeros(*block.shape[:-1], self.n_fft // 2)
         self._received += block.shape[-1]
         if self._received > self.total:
             raise ValueError(f"StftStream: {self._received} samples pushed, {self.total} announced")
@@ -138,8 +134,7 @@ class StftStream:
             raise ValueError("StftStream: finish() before any push()")
         if self._received != self.total:
             raise ValueError(f"StftStream: {self._received} samples pushed, {self.total} announced")
-        pad = self._buffer.new_zeros(*self._buffer.shape[:-1], self.n_fft // 2)
-        self._buffer = torch.cat([self._buffer, pad], dim=-1)
+        self._buffer = torch.nn.functional.pad(self._buffer, (0, self.n_fft // 2))
         return self._emit()
 
     def _emit(self) -> Tensor:
@@ -147,9 +142,9 @@ class StftStream:
         available = (buffer.shape[-1] - self.n_fft) // self.hop + 1 if \
             buffer.shape[-1] >= self.n_fft else 0
         count = max(0, min(available, self.frames - self._next))
-        leading = buffer.shape[:-1]
         if count == 0:
-            return buffer.new_zeros(*leading, self.n_fft // 2 + 1, 0, dtype=_complex(buffer))
+            return buffer.new_zeros(*buffer.shape[:-1], self.n_fft // 2 + 1, 0,
+                                    dtype=buffer.dtype.to_complex())
         used = (count - 1) * self.hop + self.n_fft
         windows = buffer[..., :used].unfold(-1, self.n_fft, self.hop)   # (..., frames, n_fft)
         spec = torch.fft.rfft(windows * _window(self.n_fft, buffer), dim=-1).transpose(-1, -2)
@@ -235,7 +230,3 @@ def _overlap_add(frames: Tensor, hop: int) -> Tensor:
     out = torch.nn.functional.fold(flat, output_size=(1, length), kernel_size=(1, n_fft),
                                    stride=(1, hop))
     return out.reshape(*leading, length)
-
-
-def _complex(like: Tensor) -> torch.dtype:
-    return torch.complex128 if like.dtype == torch.float64 else torch.complex64

@@ -38,8 +38,7 @@ other channel counts use ``torch.linalg`` with the same tests and fallback.
 Everything is computed in float64 / complex128 (2x2 determinants of squared magnitudes
 lose too much in float32).
 
-Long songs are filtered in windows of frames by the caller
-(:class:`d3net.separate.Separator`); the statistics here always cover the frames passed.
+Long songs are filtered in windows of frames by :class:`d3net.separate.Separator`.
 """
 from __future__ import annotations
 
@@ -76,8 +75,8 @@ def wiener(magnitudes: Tensor, mixture: Tensor, iterations: int = 1, residual: b
         eps: relative PSD floor (times each source's maximum PSD); with
             ``compat="official"`` also the absolute determinant threshold.
         frame_batch: frames filtered at once, bounding the float64 temporaries (about
-            2 MB per frame and source with 2049 bins; ``None``: all frames at once; 32
-            was fastest on a 2-core CPU as well). The statistics always cover all frames.
+            2 MB per frame and source with 2049 bins; ``None``: all at once; 32 was also
+            the fastest on a 2-core CPU). The statistics always cover all frames.
         compat: ``None`` (default, see the module docstring) or ``"official"`` for the
             official filter's arithmetic.
 
@@ -133,13 +132,8 @@ def _psd(estimates: Tensor, psd_floor: Tensor) -> Tensor:
 
 def _source_statistics(estimates: Tensor, batches: list[slice], eps: float,
                        official: bool) -> tuple[Tensor, Tensor]:
-    """PSD floors ``(sources,)`` and spatial covariances ``(sources, bins, C, C)``.
-
-    Unless ``official``, each covariance is mixed with the identity (scaled to its trace)
-    with weight ``PRIOR_FRAMES / (frames + PRIOR_FRAMES)``, and a silent source's is zero
-    (the official filter adds float64 eps to every normalisation instead, which is not
-    negligible for quiet songs).
-    """
+    """PSD floors ``(sources,)`` and spatial covariances ``(sources, bins, C, C)`` (the
+    default's shrunk towards the identity, a silent source's zero; see the module)."""
     sources, channels, bins, frames = estimates.shape
     device = estimates.device
     psd_max = torch.zeros(sources, dtype=torch.float64, device=device)
@@ -177,12 +171,8 @@ def _filter_frames(estimates: Tensor, mixture: Tensor, psd_floor: Tensor, spatia
 
 
 def _regularised_inverse(matrices: Tensor, eps: float, official: bool = True) -> Tensor:
-    """Inverse of ``(..., C, C)`` where invertible, else ``M^H / ||M||_F^2``.
-
-    ``official``: invertible means ``|det| >= eps`` and the fallback's denominator gets
-    float64 eps added. Otherwise invertible means ``|det| >= RCOND * (tr / C) ** C`` and
-    an all-zero matrix maps to zero.
-    """
+    """Inverse of ``(..., C, C)`` where invertible, else ``M^H / ||M||_F^2`` (the tests
+    and eps of the module docstring; unless ``official`` an all-zero matrix maps to zero)."""
     channels = matrices.shape[-1]
     if channels == 2:
         a, b = matrices[..., 0, 0], matrices[..., 0, 1]

@@ -99,8 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from ..separate import OutputLevelWarning, Separator
     from ..utils import check_writable, resolve_device
 
-    if args.format == "flac" and args.bits == 32:
-        raise D3NetError("FLAC supports 16 or 24 bits only (use --format wav for 32-bit float)")
+    audio_io.check_output_format(args.format, args.bits, args.clip_mode)
     inputs = list(dict.fromkeys(Path(p) for p in args.inputs))
     for path in inputs:  # a typo should not cost a long run first
         if not path.is_file():
@@ -109,15 +108,19 @@ def run(args: argparse.Namespace) -> int:
     folders = output_folders(inputs, out_root, args.format)
     check_writable(out_root, *folders.values())
     count, failures = len(inputs), []
+
+    def skip(message: str) -> None:
+        if count == 1:
+            raise D3NetError(message) from None
+        failures.append(message)
+        tqdm.write(f"d3net separate: skipped {message}", file=sys.stderr)
+
     for path in list(inputs):  # unreadable inputs are refused before the networks load
         try:
             audio_io.probe(path)
         except D3NetError as error:
-            if count == 1:
-                raise
-            failures.append(str(error))
+            skip(str(error))
             inputs.remove(path)
-            print(f"d3net separate: skipped {error}", file=sys.stderr)
     if not inputs:
         raise D3NetError(f"none of the {count} inputs is readable audio (see above)")
     model = model_spec(args)
@@ -125,9 +128,9 @@ def run(args: argparse.Namespace) -> int:
     targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
     separator = Separator.from_pretrained(
         model, device=device, targets=targets, wiener_iterations=args.wiener_iterations,
-        channel_flip=False if args.no_flip else None, compat=args.compat, batch_size=args.batch_size,
-        precision=args.precision, progress=not args.quiet, backend=args.backend,
-        mode="fast" if args.fast else "default", overlap=args.overlap,
+        channel_flip=False if args.no_flip else None, compat=args.compat,
+        batch_size=args.batch_size, precision=args.precision, progress=not args.quiet,
+        backend=args.backend, mode="fast" if args.fast else "default", overlap=args.overlap,
         download_progress=not args.quiet)
 
     for path in tqdm(inputs, desc="songs", unit="song", disable=args.quiet or len(inputs) == 1):
@@ -139,11 +142,7 @@ def run(args: argparse.Namespace) -> int:
                     path, folder, accompaniment=args.accompaniment, format=args.format,
                     bits=args.bits, clip_mode=args.clip_mode)
         except D3NetError as error:
-            message = str(error) if str(error).startswith(str(path)) else f"{path}: {error}"
-            if count == 1:
-                raise D3NetError(message) from None
-            failures.append(message)
-            tqdm.write(f"d3net separate: skipped {message}", file=sys.stderr)
+            skip(str(error) if str(error).startswith(str(path)) else f"{path}: {error}")
             continue
         for warning in caught:  # said even with -q: the output is not what was computed
             if issubclass(warning.category, OutputLevelWarning):
