@@ -103,7 +103,7 @@ def read_label(path: PathLike, label_ids: bool = False) -> np.ndarray:
     if image.mode not in ("L", "P", "I", "I;16", "I;16L", "I;16B", "1"):
         raise D3NetError(f"label {path} has mode {image.mode}; expected a single-channel "
                          "PNG of class ids (8-bit grayscale or palette), not a colour image")
-    values = np.asarray(image)
+    values = np.array(image)  # writable, so torch.from_numpy takes it without a warning
     if values.dtype != np.uint8:
         if values.size and (values.min() < 0 or values.max() > 255):
             raise D3NetError(f"label {path} holds ids outside 0..255 "
