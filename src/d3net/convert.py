@@ -189,7 +189,8 @@ def infer_config(params: Dict[str, np.ndarray], path: Optional[PathLike] = None)
     scopes = {name.split("/", 1)[0] for name in params}
     stem = Path(path).stem.lower() if path is not None else ""
     if "backbone" in scopes:
-        key = "backbone/dense1/d2_block/block0/d2block/initial_layer/init_layer/bottle_neck/conv1/conv/W"
+        key = ("backbone/dense1/d2_block/block0/d2block/initial_layer/init_layer/bottle_neck/"
+               "conv1/conv/W")
         if key in params:
             width = params[key].shape[0] // 4  # growth_rate * num_layers (4) in both presets
             for name in ("d3net-s", "d3net-l"):
@@ -219,8 +220,9 @@ def _mismatch(path, config, missing, unexpected, shapes=(), params=None) -> D3Ne
         parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
     if shapes:
         parts.append(f"{len(shapes)} with other shapes (e.g. {', '.join(shapes[:2])})")
+    hint = hint or " Is this the right file for this --config?"
     return D3NetError(f"{path}: parameters do not match {describe(config)}: "
-                      + "; ".join(parts) + "." + (hint or " Is this the right file for this --config?"))
+                      + "; ".join(parts) + "." + hint)
 
 
 def load_nnabla(path: PathLike, config=None, task: Optional[str] = None,
