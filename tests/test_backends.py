@@ -23,6 +23,9 @@ extra, which CI installs); ONNX tests likewise without onnx / onnxruntime.
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -461,3 +464,32 @@ def test_cli_backend_precision_and_fast(tmp_path, song):
             assert np.abs(ov32[t] - reference[t]).max() / np.abs(reference[t]).max() < 1e-5
     assert main(["separate", str(wav), "-o", str(tmp_path / "x"), "--model", str(folder),
                  "--backend", "openvino", "--compat", "official", "-q"]) == 2
+
+
+_SIGNAL_AFTER_OPENVINO = """
+import gc, os, signal, time
+import torch
+from d3net.separate import Separator
+separator = Separator.from_pretrained("demo", backend="openvino", progress=False)
+separator(torch.zeros(2, 44100))
+del separator
+gc.collect()
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+@needs_openvino
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fix is Linux-only")
+def test_ctrl_c_after_an_openvino_network_is_freed_still_interrupts():
+    """OpenVINO leaves the thread's alternate signal stack pointing at freed memory; the
+    runner restores it, so Ctrl-C (or a DataLoader worker's SIGCHLD) later is handled,
+    not a SIGSEGV of the whole process. (It shares the session's conversion cache.)"""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_OPENVINO],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout.strip() == "interrupted"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import importlib.util
 import os
 import shutil
@@ -194,6 +195,32 @@ def traceable(model: D3NetMSS, frames: Optional[int] = None) -> tuple[PatchNetwo
     return PatchNetwork(network).eval(), example
 
 
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int),
+                ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def _signal_stack_kept():
+    """Restore the calling thread's alternate signal stack after an OpenVINO call.
+
+    OpenVINO's CPU plugin (2026.4) installs its own alternate signal stack on the calling
+    thread and frees that memory when the network is deleted, leaving the thread pointing
+    at unmapped memory: the next signal Python handles (Ctrl-C, a DataLoader worker's
+    SIGCHLD) then kills the process with SIGSEGV instead of running the handler.
+    """
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None)
+    saved = _SignalStack()
+    libc.sigaltstack(None, ctypes.byref(saved))
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(saved), None)
+
+
 def convert_openvino(model: D3NetMSS, frames: Optional[int] = None):
     """Convert a music network (see :func:`traceable`) to an ``openvino.Model``, uncached:
     input ``magnitude``, output ``estimate`` as :class:`PatchNetwork`'s, dynamic batch and
@@ -207,7 +234,7 @@ def convert_openvino(model: D3NetMSS, frames: Optional[int] = None):
 
     network, example = traceable(model, frames)
     config = model.config
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _signal_stack_kept():
         # OpenVINO traces the module with TorchScript, which PyTorch flags as deprecated
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         converted = ov.convert_model(
@@ -243,7 +270,8 @@ def cached_openvino_model(model: D3NetMSS, cache_dir: Optional[PathLike] = None,
     xml = entry / "network.xml"
     core = ov.Core()
     if xml.is_file() and (entry / "network.bin").is_file():
-        return core.read_model(xml)
+        with _signal_stack_kept():
+            return core.read_model(xml)
     if progress:
         target = getattr(model.config, "target", "network")
         print(f"converting the {target} network to OpenVINO (once; cached in {entry.parent})",
@@ -253,7 +281,8 @@ def cached_openvino_model(model: D3NetMSS, cache_dir: Optional[PathLike] = None,
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
         try:
-            ov.save_model(converted, tmp / "network.xml", compress_to_fp16=False)
+            with _signal_stack_kept():
+                ov.save_model(converted, tmp / "network.xml", compress_to_fp16=False)
             os.replace(tmp, entry)
         except OSError:
             if not xml.is_file():  # not a concurrent writer that got there first
@@ -301,8 +330,9 @@ class OpenVINORunner:
         config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bfloat16" else "f32",
                   "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_NUM_THREADS": max(1, torch.get_num_threads())}
-        self.compiled = ov.Core().compile_model(converted, "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        with _signal_stack_kept():
+            self.compiled = ov.Core().compile_model(converted, "CPU", config)
+            self.request = self.compiled.create_infer_request()
 
     def __call__(self, batch: Tensor) -> Tensor:
         frames = batch.shape[-1]
@@ -310,7 +340,8 @@ class OpenVINORunner:
         inputs = batch.detach().to("cpu", torch.float32)
         if pad:
             inputs = torch.nn.functional.pad(inputs, (0, pad))
-        result = self.request.infer([inputs.contiguous().numpy()], share_inputs=True)
+        with _signal_stack_kept():
+            result = self.request.infer([inputs.contiguous().numpy()], share_inputs=True)
         out = torch.from_numpy(result[0])  # infer() returns copies of the outputs
         return out[..., :frames].to(batch.device)
 
@@ -323,7 +354,8 @@ class OpenVINORunner:
         release and the reallocation that follows cost little next to a network's run of
         a block of patches (``benchmarks/RESULTS.md``).
         """
-        self.compiled.release_memory()
+        with _signal_stack_kept():
+            self.compiled.release_memory()
 
 
 def create_runner(model: nn.Module, backend: str = "torch", precision: str = "float32",
