@@ -195,6 +195,9 @@ def traceable(model: D3NetMSS, frames: Optional[int] = None) -> tuple[PatchNetwo
     return PatchNetwork(network).eval(), example
 
 
+_LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
+
+
 class _SignalStack(ctypes.Structure):
     _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int),
                 ("ss_size", ctypes.c_size_t)]
@@ -209,16 +212,15 @@ def _signal_stack_kept():
     at unmapped memory: the next signal Python handles (Ctrl-C, a DataLoader worker's
     SIGCHLD) then kills the process with SIGSEGV instead of running the handler.
     """
-    if not sys.platform.startswith("linux"):
+    if _LIBC is None:
         yield
         return
-    libc = ctypes.CDLL(None)
     saved = _SignalStack()
-    libc.sigaltstack(None, ctypes.byref(saved))
+    _LIBC.sigaltstack(None, ctypes.byref(saved))
     try:
         yield
     finally:
-        libc.sigaltstack(ctypes.byref(saved), None)
+        _LIBC.sigaltstack(ctypes.byref(saved), None)
 
 
 def convert_openvino(model: D3NetMSS, frames: Optional[int] = None):
